@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root and install gptlab into it.
+#   scripts/setup.sh          the library and the command-line tool
+#   scripts/setup.sh --dev    plus the test and benchmark references (pytest, tiktoken, transformers, ...)
+# torch is pinned and installed first: 2.13.0 is a CPU build that pip takes from local disk; an
+# unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION="${GPTLAB_TORCH_VERSION:-2.13.0}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
+if [ "${1:-}" = "--dev" ]; then
+    .venv/bin/python -m pip install -q -e ".[dev]"
+else
+    .venv/bin/python -m pip install -q -e .
+fi
+echo "gptlab installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
