@@ -1,0 +1,49 @@
+"""Test setup shared by the whole suite.
+
+Tests never touch the network: named data sets resolve to ``../shared/data`` beside the checkout (as in
+CI), through ``GPTLAB_DATA_DIR``. Torch uses one thread per test process so that the two pytest-xdist
+workers on a 2-core machine do not fight over cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+if not (SHARED_DATA / "the-verdict.txt").is_file():  # pragma: no cover - a broken checkout layout
+    raise RuntimeError(f"tests need the shared data folder at {SHARED_DATA} (../shared/data beside the repo)")
+
+os.environ["GPTLAB_DATA_DIR"] = str(SHARED_DATA)
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only folder of data sets (``../shared/data``)."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2():
+    """tiktoken's GPT-2 encoding, built from the local vocabulary files (no download)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(SHARED_DATA / "gpt2" / "vocab.bpe"), str(SHARED_DATA / "gpt2" / "encoder.json")
+    )
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+    return tiktoken.Encoding(
+        "gpt2", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257
+    )
