@@ -43,7 +43,8 @@ def tiktoken_gpt2():
     ranks = data_gym_to_mergeable_bpe_ranks(
         str(SHARED_DATA / "gpt2" / "vocab.bpe"), str(SHARED_DATA / "gpt2" / "encoder.json")
     )
-    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+    from tiktoken_ext.openai_public import r50k_pat_str as pattern  # tiktoken's own GPT-2 pattern
+
     return tiktoken.Encoding(
         "gpt2", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257
     )
