@@ -19,6 +19,8 @@ if not (SHARED_DATA / "the-verdict.txt").is_file():  # pragma: no cover - a brok
     raise RuntimeError(f"tests need the shared data folder at {SHARED_DATA} (../shared/data beside the repo)")
 
 os.environ["GPTLAB_DATA_DIR"] = str(SHARED_DATA)
+# tiktoken.load copies files it reads into a cache keyed by path; a stale copy could be served later.
+os.environ["TIKTOKEN_CACHE_DIR"] = ""
 
 try:
     import torch

@@ -19,6 +19,7 @@ _VERB_MODULES = [
     "gptlab.cli.tokenizer_cmds",
     "gptlab.cli.data_cmds",
     "gptlab.cli.model_cmds",
+    "gptlab.cli.train_cmds",
     "gptlab.cli.demo_cmds",
     "gptlab.cli.bench_cmds",
 ]

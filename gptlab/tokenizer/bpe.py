@@ -163,6 +163,7 @@ class BPETokenizer(Tokenizer):
             pattern=pattern,
             min_frequency=min_frequency,
             progress=progress,
+            special_tokens=special_tokens,
         )
         special = {tok: len(ranks) + i for i, tok in enumerate(special_tokens)}
         return cls(ranks, special, pattern, name=name)

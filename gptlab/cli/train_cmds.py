@@ -1,0 +1,133 @@
+"""``gptlab pretrain`` (the main job) and ``gptlab export`` (a run's model to the Hugging Face format)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+# Command-line flag -> TrainConfig field (type taken from the field's default).
+_FLAGS: list[tuple[str, str, str]] = [
+    ("--data", "data", "data set name, text file, folder, or a folder from 'gptlab prepare' (default python-stdlib)"),
+    ("--tokenizer", "tokenizer", "gpt2 | char | bpe:N (train an N-token BPE on the data) | tokenizer file (default bpe:4096)"),
+    ("--max-chars", "max_chars", "read at most this many bytes of raw text (0 = all; default 8,000,000)"),
+    ("--val-fraction", "val_fraction", "share of the tokens held out for validation (default 0.1)"),
+    ("--preset", "preset", "model preset (gptlab info --list-presets; default gpt-micro)"),
+    ("--batch-size", "batch_size", "sequences per micro-batch (default 16)"),
+    ("--block-size", "block_size", "tokens per sequence (default: the model's context length)"),
+    ("--global-batch-tokens", "global_batch_tokens", "tokens per optimizer step; micro-batches are accumulated to reach it"),
+    ("--sampling", "sampling", "random windows, or epoch: the book's shuffled windows at --stride (default random)"),
+    ("--stride", "stride", "window stride for --sampling epoch (default: block size)"),
+    ("--lr", "lr", "peak learning rate (default 1e-3)"),
+    ("--min-lr", "min_lr", "learning rate at the end of the cosine decay (default 1e-4)"),
+    ("--warmup-steps", "warmup_steps", "linear warmup steps (default 100)"),
+    ("--weight-decay", "weight_decay", "AdamW weight decay on matrices (default 0.1)"),
+    ("--beta1", "beta1", "AdamW beta1 (default 0.9)"),
+    ("--beta2", "beta2", "AdamW beta2 (default 0.95)"),
+    ("--grad-clip", "grad_clip", "clip the gradient norm to this (0 = off; default 1.0)"),
+    ("--max-steps", "max_steps", "stop after this many optimizer steps"),
+    ("--epochs", "epochs", "stop after this many passes over the training tokens"),
+    ("--max-tokens", "max_tokens", "stop after this many training tokens"),
+    ("--time-budget", "time_budget", "stop after this wall time, e.g. 90s, 5m, 1h (default 3m when nothing else is set)"),
+    ("--eval-interval", "eval_interval", "evaluate, sample and checkpoint every N steps (default 100)"),
+    ("--eval-batches", "eval_batches", "validation batches per evaluation (default 20)"),
+    ("--sample-prompt", "sample_prompt", "prompt for the samples printed at each evaluation"),
+    ("--sample-tokens", "sample_tokens", "tokens per sample (default 80)"),
+    ("--checkpoint-interval", "checkpoint_interval", "checkpoint every N steps (default: at each evaluation)"),
+    ("--keep-last", "keep_last", "step checkpoints to keep besides best/ (default 2)"),
+    ("--device", "device", "auto | cpu | cuda | cuda:N | mps (default auto)"),
+    ("--precision", "precision", "auto (bf16 autocast where bf16 is fast) | bf16 | fp32 (default auto)"),
+    ("--seed", "seed", "random seed (default 1337)"),
+    ("--out", "out", "run folder (default runs/<data>-<time>)"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``pretrain`` and ``export``."""
+    from gptlab.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a GPT model (the main job; no arguments: a small model on Python's own sources)",
+        description="Pretrain a GPT model. With no arguments it trains a small model on the running "
+        "Python's standard-library sources for 3 minutes, then tells you what to do next. "
+        "Launch the same command under torchrun for data-parallel training on several GPUs or CPUs.",
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file with any of these settings ([model] table for model fields)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    for flag, field, help_text in _FLAGS:
+        kind = type(getattr(defaults, field))
+        p.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
+                   help="compile the model with torch.compile (falls back to eager with a warning)")
+    p.add_argument("--model-set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model field, e.g. --model-set n_layers=6 --model-set drop_rate=0.0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final result as JSON")
+    p.set_defaults(func=_pretrain)
+
+    e = sub.add_parser("export", help="write a run's model in the Hugging Face GPT-2 format",
+                       description="Write a pretraining run's model as config.json + model.safetensors, "
+                       "loadable by transformers' GPT2LMHeadModel and by gptlab generate --model DIR.")
+    e.add_argument("run_dir", help="a folder written by gptlab pretrain")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    e.set_defaults(func=_export)
+
+
+def _parse_model_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise GptlabError(f"--model-set {item!r}: expected FIELD=VALUE, e.g. n_layers=6")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from gptlab.train import pretrain, resolve_run_config
+
+    overrides = {field: getattr(args, field) for _, field, _ in _FLAGS}
+    overrides["compile"] = args.compile
+    if args.model_set:
+        overrides["model"] = _parse_model_set(args.model_set)
+    cfg, run_dir = resolve_run_config(overrides, args.config, args.resume)
+    if not args.resume and not any([cfg.max_steps, cfg.epochs, cfg.max_tokens]) and not cfg.time_budget:
+        raise GptlabError("no stop condition: pass --max-steps, --epochs, --max-tokens or --time-budget")
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    result = pretrain(cfg, resume=run_dir, progress=not args.no_progress, log=log)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    run = result.run_dir
+    print()
+    print(f"run saved in {run}  ({result.step} steps, {result.tokens:,} tokens, {result.elapsed:.0f}s, "
+          f"{result.tokens_per_sec:,.0f} tokens/s" + (f", MFU {result.mfu:.1%}" if result.mfu else "") + ")")
+    if result.val_loss is not None:
+        print(f"final validation loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); curves: {run / 'loss.png'}")
+    print("next:")
+    print(f"  gptlab generate --model {run} --prompt 'def main(' --max-new-tokens 100   # sample from it")
+    print(f"  gptlab pretrain --resume {run} --time-budget 10m                          # train longer")
+    print(f"  gptlab export {run} --out {run}/hf                                        # Hugging Face format, for fine-tuning")
+    return 130 if result.stopped_by == "interrupted" else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gptlab.train.run_dir import checkpoint_dir, load_run
+
+    model, tokenizer = load_run(args.run_dir, args.checkpoint)
+    out = Path(args.out)
+    model.save_pretrained(out)
+    if getattr(tokenizer, "name", "") != "gpt2":
+        tokenizer.save(out / "tokenizer.json")
+    print(f"wrote {out} from {checkpoint_dir(args.run_dir, args.checkpoint)}")
+    return 0

@@ -1,0 +1,37 @@
+"""Stages 3-5: the GPT model, text generation with a KV cache, and GPT-2's pretrained weights.
+
+Names are imported lazily, so that ``gptlab.model.config`` (and the CLI's parser) does not pay for
+importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "GPT": "gptlab.model.gpt",
+    "GPTConfig": "gptlab.model.config",
+    "PRESETS": "gptlab.model.config",
+    "KVCache": "gptlab.model.kv_cache",
+    "generate": "gptlab.model.generate",
+    "stream_generate": "gptlab.model.generate",
+    "sample_next": "gptlab.model.generate",
+    "load_model": "gptlab.model.load",
+    "estimate_memory": "gptlab.model.memory",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gptlab.model.config import PRESETS, GPTConfig
+    from gptlab.model.generate import generate, sample_next, stream_generate
+    from gptlab.model.gpt import GPT
+    from gptlab.model.kv_cache import KVCache
+    from gptlab.model.load import load_model
+    from gptlab.model.memory import estimate_memory
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gptlab.model' has no attribute {name!r}")

@@ -1,0 +1,208 @@
+"""Text generation: greedy decoding or sampling (temperature, top-k, top-p), batched, streamed, KV-cached.
+
+One loop does it all (:func:`stream_generate`); :func:`generate` collects what it yields.
+
+* Batches of prompts of different lengths are left-padded, with an attention mask so that padding is
+  never attended to and position ids that start at each prompt's first real token.
+* With the KV cache (the default) the window is processed once and then one token per step. When the
+  window is full, absolute position embeddings mean every cached key would have to move to a new
+  position, so the cache is refilled from the last ``context_length`` tokens; the output is therefore
+  exactly what generation without a cache produces (the book's ``idx[:, -context_size:]`` cropping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.model.kv_cache import KVCache
+
+Prompt = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` ``[B, vocab]``; returns ``[B]`` token ids.
+
+    Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, cut to the
+    ``top_k`` largest and/or to the smallest set whose probability reaches ``top_p`` (nucleus), and
+    sampled from.
+    """
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to one ``[B, T]`` tensor; returns ``(ids, attention_mask)``."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GptlabError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def _check_left_padded(mask: torch.Tensor) -> None:
+    """Padding must come first in each row: real tokens are contiguous and end the row."""
+    if mask.size(1) and not bool(mask[:, -1].all()):
+        raise GptlabError("attention_mask: each prompt must end with a real token (pad on the left)")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise GptlabError("attention_mask: padding must be on the left (0s before 1s in every row)")
+
+
+def _as_batch(idx: Prompt, attention_mask: torch.Tensor | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Turn any accepted prompt form into a ``[B, T]`` tensor and its mask (None when nothing is padded)."""
+    if not isinstance(idx, torch.Tensor):
+        if len(idx) and isinstance(idx[0], int):
+            idx = [idx]  # one prompt
+        idx, attention_mask = pad_prompts(idx, pad_id)  # type: ignore[arg-type]
+    if idx.dim() == 1:
+        idx = idx.unsqueeze(0)
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise GptlabError(f"prompt tensor must be [B, T] with T >= 1, got shape {tuple(idx.shape)}")
+    if attention_mask is not None:
+        attention_mask = attention_mask.reshape(idx.shape).long()
+        _check_left_padded(attention_mask)
+        if bool(attention_mask.all()):
+            attention_mask = None  # no padding: lets attention skip the mask entirely
+    return idx.long(), attention_mask
+
+
+@torch.inference_mode()
+def stream_generate(
+    model: torch.nn.Module,
+    idx: Prompt,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    *,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    use_cache: bool = True,
+    pad_id: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Generate up to ``max_new_tokens`` tokens, yielding a ``[B]`` tensor of new ids at each step.
+
+    * ``idx``: a ``[B, T]`` (or ``[T]``) tensor, a list of ids, or a list of id lists (left-padded here).
+    * ``attention_mask``: ``[B, T]`` for a left-padded tensor prompt (1 = real token).
+    * ``temperature``/``top_k``/``top_p``: see :func:`sample_next`; ``seed`` makes sampling reproducible.
+    * ``eos_id``: a sequence that produces it is finished; later steps yield ``pad_id`` for it
+      (default ``eos_id``), and the loop stops once every sequence is finished.
+    * ``use_cache``: the KV cache (default); without it each step re-reads the whole window.
+    """
+    if max_new_tokens < 0:
+        raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if top_k is not None and top_k <= 0:
+        raise GptlabError(f"top_k must be a positive integer, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise GptlabError(f"top_p must be in (0, 1], got {top_p}")
+    if pad_id is None:
+        pad_id = eos_id if eos_id is not None else 0
+    ids, mask = _as_batch(idx, attention_mask, pad_id)
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    B, ctx = ids.size(0), model.cfg.context_length
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+
+    # The whole sequence (prompt + new tokens) lives in one pre-allocated buffer; `n` is its used length.
+    n = ids.size(1)
+    seq = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=device)
+    seq[:, :n] = ids
+    full_mask = None
+    if mask is not None:
+        full_mask = torch.ones(B, n + max_new_tokens, dtype=torch.long, device=device)
+        full_mask[:, :n] = mask.to(device)
+    cache = KVCache.for_model(model, B) if use_cache else None
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    next_pos = None  # per-row position of the next token (only needed with padding)
+
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            if cache is None or cache.length == 0 or cache.length == ctx:
+                # (Re)fill from the window: the last `ctx` tokens, as generation without a cache sees them.
+                start = max(0, n - ctx)
+                window_mask = full_mask[:, start:n] if full_mask is not None else None
+                if cache is not None:
+                    cache.reset()
+                logits = model(seq[:, start:n], attention_mask=window_mask, kv_cache=cache, last_only=True)
+                if window_mask is not None:
+                    next_pos = window_mask.sum(dim=1, keepdim=True)
+            else:
+                step_mask = full_mask[:, n - cache.length - 1 : n] if full_mask is not None else None
+                logits = model(
+                    seq[:, n - 1 : n], attention_mask=step_mask, kv_cache=cache, position_ids=next_pos, last_only=True
+                )
+                if next_pos is not None:
+                    next_pos = next_pos + 1
+            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                token = token.masked_fill(finished, pad_id)
+                finished |= token == eos_id
+            seq[:, n] = token
+            n += 1
+            yield token
+            if eos_id is not None and bool(finished.all()):
+                break
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: torch.nn.Module,
+    idx: Prompt,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    **kwargs,
+) -> torch.Tensor | list[int] | list[list[int]]:
+    """Run :func:`stream_generate` to the end.
+
+    A tensor prompt gives a tensor back: the prompt followed by the new tokens (``pad_id`` after a
+    sequence's EOS), ``[B, T + steps]`` (``[T + steps]`` for a 1-D prompt). A list prompt gives, for
+    each prompt, the list of its new tokens, stopped before its EOS.
+    """
+    steps = list(stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs))
+    if isinstance(idx, torch.Tensor):
+        batch = idx if idx.dim() == 2 else idx.unsqueeze(0)
+        if steps:
+            new = torch.stack(steps, dim=1)
+            batch = torch.cat([batch.to(new.device), new], dim=1)
+        return batch if idx.dim() == 2 else batch[0]
+    single = bool(len(idx)) and isinstance(idx[0], int)
+    n_prompts = 1 if single else len(idx)
+    rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(n_prompts)]
+    results = []
+    for tokens in rows:
+        if eos_id is not None and eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id)]
+        results.append(tokens)
+    return results[0] if single else results

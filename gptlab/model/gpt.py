@@ -1,0 +1,175 @@
+"""The GPT model (the book's chapter 4 ``GPTModel``, GPT-2's architecture).
+
+token ids -> token embedding + absolute position embedding -> dropout -> n_layers x Block
+-> final LayerNorm -> linear head -> logits over the vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptlab.errors import GptlabError
+from gptlab.model.attention import build_attention_mask
+from gptlab.model.config import GPTConfig
+from gptlab.model.kv_cache import KVCache
+from gptlab.model.layers import Block
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding gets position 0).
+
+    Absolute position embeddings must not count padding, or a padded prompt would be embedded at
+    different positions than the same prompt alone (``transformers`` does the same).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+class GPT(nn.Module):
+    """A GPT-2 style decoder-only transformer; see :class:`GPTConfig` for its hyper-parameters."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            # One matrix both embeds tokens and scores them (GPT-2 does this; saves vocab x emb_dim weights).
+            self.out_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():
+            if name.endswith(("att.out_proj.weight", "ff.proj.weight")):
+                # Each block adds two branches to the residual stream; GPT-2 scales their output
+                # projections by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2's initialisation: weights N(0, 0.02), zero biases (LayerNorms keep 1 and 0)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, T, vocab]`` for token ids ``idx`` ``[B, T]``; with ``targets``, ``(logits, loss)``.
+
+        * ``targets``: ``[B, T]`` next-token ids; positions set to -100 are ignored in the loss.
+        * ``attention_mask``: ``[B, past + T]``, 1 for real tokens and 0 for left padding (``past`` is
+          the number of positions already in ``kv_cache``, 0 without one).
+        * ``kv_cache``: keys/values of earlier positions; this call appends ``T`` more.
+        * ``position_ids``: ``[B, T]`` positions; by default counted from the mask or the cache.
+        * ``last_only``: compute logits for the last position only (all generation needs).
+        """
+        B, T = idx.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.cfg.context_length:
+            raise GptlabError(
+                f"sequence of {past + T} tokens exceeds the model's context_length {self.cfg.context_length}"
+            )
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise GptlabError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)} (cached + new tokens)"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + T, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(position_ids))
+        mask, is_causal = build_attention_mask(T, past, attention_mask, idx.device)
+        for block in self.blocks:
+            x = block(x, mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.final_norm(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.out_head(x)
+        if targets is None:
+            return logits
+        # Cross-entropy in float32 even when the model runs in bf16: the log-sum-exp over 50k logits needs it.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    # ------------------------------------------------------------------ sizes
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of distinct parameters (a tied output head is counted once, as the book does).
+
+        ``exclude_embeddings`` leaves out the token and position embedding tables (and so a tied head).
+        """
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            params.pop(id(self.tok_emb.weight), None)
+            params.pop(id(self.pos_emb.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        idx: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor | list[int] | list[list[int]]:
+        """Continue ``idx``; see :func:`gptlab.model.generate.generate` for every option."""
+        from gptlab.model.generate import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
+
+    def stream_generate(
+        self,
+        idx: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        **kwargs: Any,
+    ) -> Iterator[torch.Tensor]:
+        """Yield one ``[B]`` tensor of new tokens per step; see :func:`gptlab.model.generate.stream_generate`."""
+        from gptlab.model.generate import stream_generate
+
+        return stream_generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
+
+    # ------------------------------------------------------------------ Hugging Face format
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, **kwargs: Any
+    ) -> GPT:
+        """Load GPT-2 weights in the Hugging Face format; see :func:`gptlab.model.hf.load_pretrained`."""
+        from gptlab.model.hf import load_pretrained
+
+        return load_pretrained(name_or_dir, dtype=dtype, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads as GPT2LMHeadModel."""
+        from gptlab.model.hf import save_pretrained
+
+        save_pretrained(self, directory)

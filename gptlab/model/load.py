@@ -1,0 +1,48 @@
+"""Turn what a user names on the command line into a model (and the tokenizer that goes with it)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.model.config import PRESETS
+from gptlab.model.gpt import GPT
+from gptlab.model.hub import HUB_MODELS
+from gptlab.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+
+
+def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None, seed: int = 0) -> GPT:
+    """A model from a folder (Hugging Face GPT-2 format), a hub name, or a preset name.
+
+    Order: an existing folder; a hub name (``gpt2`` ... ``gpt2-xl``: pretrained weights, downloaded
+    into the cache once); another preset name (``gpt-nano`` ...: randomly initialised from ``seed``,
+    useful to try the pipeline). The model is returned in eval mode.
+    """
+    path = Path(spec).expanduser()
+    name = str(spec)
+    if path.is_dir() or name in HUB_MODELS:
+        return GPT.from_pretrained(spec, dtype=dtype)
+    if name in PRESETS:
+        print(f"gptlab: note: {name!r} is a preset; its weights are random (seed {seed})", file=sys.stderr)
+        torch.manual_seed(seed)
+        model = GPT(PRESETS[name])
+        return (model.to(dtype) if dtype else model).eval()
+    raise GptlabError(
+        f"--model {name!r}: not a model folder, nor a hub name ({', '.join(HUB_MODELS)}), "
+        f"nor a preset ({', '.join(PRESETS)})"
+    )
+
+
+def tokenizer_for(spec: str | os.PathLike, model: GPT) -> Tokenizer:
+    """GPT-2's tokenizer, unless the model's folder holds its own ``tokenizer.json``."""
+    path = Path(spec).expanduser()
+    tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else get_tokenizer("gpt2")
+    if tok.n_vocab > model.cfg.vocab_size:
+        raise GptlabError(
+            f"tokenizer has {tok.n_vocab} ids but the model's vocab_size is {model.cfg.vocab_size}"
+        )
+    return tok

@@ -1,0 +1,203 @@
+"""Training checkpoints: written atomically, loaded without unpickling code, complete enough to resume exactly.
+
+A checkpoint is a folder ``checkpoints/step-00001234/`` holding
+
+* ``model.safetensors`` – the weights (the only part needed for generation or export);
+* ``state.pt`` – optimizer state, step, data position and every RNG state, saved with ``torch.save``
+  but holding only tensors, numbers, strings, lists and dicts, so it loads with ``weights_only=True``;
+* ``meta.json`` – step, tokens seen, validation loss, time: what a human or a script looks at.
+
+The folder is written under a temporary name and renamed into place, so a crash (or a full disk)
+mid-write leaves the previous checkpoints intact and never a half-written one under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from gptlab.errors import GptlabError
+
+_PREFIX = "step-"
+
+
+@dataclass
+class CheckpointInfo:
+    """Where a checkpoint is and what its meta.json says."""
+
+    path: Path
+    step: int
+    val_loss: float | None
+
+
+def rng_state() -> dict:
+    """Every random-number generator state a training run touches, in weights_only-loadable form."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_lists(random.getstate()),
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    random.setstate(_to_tuples(state["python"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, with tied weights stored once (safetensors refuses shared storage)."""
+    seen: dict[int, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        if key in seen and tensor.numel():
+            continue  # tied to an earlier tensor: load_state_dict(strict=False) restores it through the tie
+        seen[key] = name
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    state: dict,
+    meta: dict,
+    keep_last: int = 2,
+    best: bool = False,
+) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` and, if ``best``, mark it best.
+
+    ``state`` is anything weights_only-loadable (optimizer state dict, data position, RNG states);
+    ``meta`` is JSON-serialisable. The best checkpoint is kept as a separate folder ``best/`` (a copy),
+    so pruning old steps never removes it.
+    """
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{_PREFIX}{step:08d}"
+    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        save_file(model_state_for_saving(model), str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GptlabError(
+            f"could not write checkpoint {final} ({exc.strerror or exc}); earlier checkpoints are intact"
+        ) from None
+    if best:
+        best_tmp = ckpt_root / f".tmp-best-{os.getpid()}"
+        shutil.rmtree(best_tmp, ignore_errors=True)
+        try:
+            shutil.copytree(final, best_tmp)
+            old = ckpt_root / "best"
+            if old.exists():
+                trash = ckpt_root / f".old-best-{os.getpid()}"
+                os.replace(old, trash)
+                os.replace(best_tmp, old)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(best_tmp, old)
+        except OSError as exc:
+            shutil.rmtree(best_tmp, ignore_errors=True)
+            raise GptlabError(f"could not update {ckpt_root / 'best'} ({exc.strerror or exc})") from None
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
+    """The run's complete step checkpoints, oldest first (temporary folders are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    out = []
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        if d.name.startswith(_PREFIX) and (d / "meta.json").is_file():
+            try:
+                meta = json.loads((d / "meta.json").read_text())
+            except ValueError:
+                continue
+            out.append(CheckpointInfo(d, int(meta["step"]), meta.get("val_loss")))
+    return sorted(out, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """The newest complete checkpoint of a run, or None."""
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> None:
+    """Load ``model.safetensors`` from a checkpoint folder into ``model`` (shapes must match)."""
+    path = Path(ckpt_dir) / "model.safetensors"
+    try:
+        tensors = load_file(str(path))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise GptlabError(f"{path}: cannot read weights ({exc})") from None
+    own = model.state_dict()
+    for name, t in tensors.items():
+        if name in own and own[name].shape != t.shape:
+            raise GptlabError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if not _is_tied_or_buffer(model, m)]
+    if missing or unexpected:
+        raise GptlabError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _is_tied_or_buffer(model: torch.nn.Module, name: str) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if name not in params:
+        return True  # a buffer that is recomputed, not saved
+    ptr = params[name].untyped_storage().data_ptr()
+    return any(p.untyped_storage().data_ptr() == ptr and n != name for n, p in params.items())
+
+
+def load_state(ckpt_dir: str | os.PathLike) -> dict:
+    """The training state saved beside the weights (never unpickles code: ``weights_only=True``)."""
+    path = Path(ckpt_dir) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+        raise GptlabError(f"{path}: cannot read training state ({exc})") from None

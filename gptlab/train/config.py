@@ -1,0 +1,175 @@
+"""The configuration of a pretraining run: defaults, config files (TOML or YAML), and durations.
+
+Every knob of a run is a field of :class:`TrainConfig`; the model's shape is a preset plus overrides
+(``model`` holds :class:`gptlab.model.GPTConfig` field names). A config file has the same keys, with the
+model overrides in a ``[model]`` table. Unknown keys are errors that name the file and the key: a typo
+must not silently train something else for an hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import GptlabError
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a pretraining run (see ``gptlab pretrain --help`` for each)."""
+
+    # What to train on, and with which tokenizer: "gpt2", "char", "bpe:N" (train an N-token BPE on the
+    # training data first), or a tokenizer file.
+    data: str = "python-stdlib"
+    tokenizer: str = "bpe:4096"
+    # Cap on characters read from a raw text source (0 = all); keeps the default run laptop-sized.
+    max_chars: int = 8_000_000
+    val_fraction: float = 0.1
+    # The model: a preset from gptlab.model.PRESETS, plus GPTConfig field overrides.
+    preset: str = "gpt-micro"
+    model: dict[str, Any] = field(default_factory=dict)
+    # Batches: micro-batch per step and device; gradient accumulation reaches global_batch_tokens.
+    batch_size: int = 16
+    block_size: int = 0  # 0 = the model's context length
+    global_batch_tokens: int = 0  # 0 = one micro-batch per optimizer step
+    sampling: str = "random"  # "random" windows, or "epoch": the book's shuffled windows at `stride`
+    stride: int = 0  # for sampling="epoch"; 0 = block_size
+    # Optimisation.
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # Stop conditions: whichever comes first (0 = not set). Without any, time_budget applies.
+    max_steps: int = 0
+    epochs: float = 0.0
+    max_tokens: int = 0
+    time_budget: str = "3m"
+    # Evaluation, samples and checkpoints (in optimizer steps).
+    eval_interval: int = 100
+    eval_batches: int = 20
+    sample_prompt: str = ""
+    sample_tokens: int = 80
+    checkpoint_interval: int = 0  # 0 = at every evaluation
+    keep_last: int = 2
+    # Hardware.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 autocast where the hardware has fast bf16) | bf16 | fp32
+    compile: bool = False
+    seed: int = 1337
+    out: str = ""  # run folder; "" = runs/<data>-<time>
+
+    def validate(self) -> None:
+        """Raise :class:`GptlabError` naming the first field with a value that cannot work."""
+        positive = ["batch_size", "eval_batches", "sample_tokens", "keep_last"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise GptlabError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ["max_steps", "max_tokens", "block_size", "global_batch_tokens", "stride", "warmup_steps",
+                     "checkpoint_interval", "max_chars"]:
+            if getattr(self, name) < 0:
+                raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.eval_interval <= 0:
+            raise GptlabError(f"eval_interval must be positive, got {self.eval_interval!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise GptlabError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise GptlabError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.sampling not in ("random", "epoch"):
+            raise GptlabError(f"sampling must be 'random' or 'epoch', got {self.sampling!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise GptlabError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.epochs < 0:
+            raise GptlabError(f"epochs must be >= 0, got {self.epochs!r}")
+        parse_duration(self.time_budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy of every field."""
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a :class:`TrainConfig` from a mapping; unknown keys or wrong types name ``source`` and the key."""
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise GptlabError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(_FIELDS))})")
+    cfg = TrainConfig()
+    for key, value in values.items():
+        default = getattr(cfg, key)
+        setattr(cfg, key, _coerce(key, value, default, source))
+    return cfg
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return dict(value)
+    raise GptlabError(f"{source}: key {key!r} expects {type(default).__name__}, got {value!r}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) run config into a dict (keys not yet checked)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GptlabError(f"{path}: cannot read config file ({exc.strerror})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise GptlabError(f"{path}: config files must end in .toml, .yaml, .yml or .json")
+    except GptlabError:
+        raise
+    except Exception as exc:  # each parser has its own error type; all mean "malformed file"
+        raise GptlabError(f"{path}: malformed config file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise GptlabError(f"{path}: a config file must be a table of key = value settings")
+    return data
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration like ``90``, ``90s``, ``5m``, ``1.5h``; ``""`` or ``"0"`` means none (0)."""
+    if text in ("", None):
+        return 0.0
+    m = _DURATION.match(str(text))
+    if not m:
+        raise GptlabError(f"time budget {text!r} is not a duration like 90s, 5m or 1.5h")
+    scale = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}[m.group(2)]
+    return float(m.group(1)) * scale

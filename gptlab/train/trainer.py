@@ -1,0 +1,562 @@
+"""Pretraining: the loop that turns a corpus and a model config into a run folder.
+
+A run folder holds everything needed to look at, continue, or use the run:
+
+    RUN/config.json         the effective TrainConfig + the model's GPTConfig
+    RUN/tokenizer.json      the tokenizer (or a reference to "gpt2" in config.json)
+    RUN/data/               the prepared token files (memory-mapped; see gptlab.data.prepare)
+    RUN/metrics.jsonl       one line per evaluation: step, tokens, seconds, losses, lr
+    RUN/loss.png            train/val loss against tokens seen, redrawn at each evaluation
+    RUN/checkpoints/        step-NNNNNNNN/ (last N) and best/ (lowest validation loss)
+
+Resuming (``resume=RUN``) restores model, optimizer, step, data position and every RNG state from the
+newest checkpoint, so the continued run computes exactly what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_write_text
+from gptlab.train import checkpoint as ckpt
+from gptlab.train.batches import EpochWindows, RandomWindows, eval_windows
+from gptlab.train.config import TrainConfig, config_from_dict, parse_duration
+from gptlab.train.distributed import DistInfo, all_reduce_mean, broadcast_flag, init_distributed, shutdown
+from gptlab.train.metrics import MetricsLog, plot_curves
+from gptlab.train.optim import make_adamw
+from gptlab.train.schedule import lr_at
+
+# Settings that define *what* is trained; a resume must not change them (stop conditions, evaluation
+# cadence and hardware may change).
+IDENTITY_KEYS = (
+    "data", "tokenizer", "max_chars", "val_fraction", "preset", "model", "batch_size", "block_size",
+    "global_batch_tokens", "sampling", "stride", "lr", "min_lr", "warmup_steps", "weight_decay",
+    "beta1", "beta2", "grad_clip", "seed",
+)
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: Path
+    step: int
+    tokens: int
+    elapsed: float
+    stopped_by: str
+    train_loss: float | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    tokens_per_sec: float = 0.0
+    mfu: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "history"}
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def resolve_run_config(
+    overrides: dict[str, Any], config_file: str | None = None, resume: str | None = None
+) -> tuple[TrainConfig, Path | None]:
+    """The effective config: defaults < config file < command-line overrides; or a run's saved config.
+
+    With ``resume``, the saved config is the base and the overrides may only change stop conditions,
+    evaluation cadence and hardware; changing what is trained raises :class:`GptlabError`.
+    """
+    values: dict[str, Any] = {}
+    if config_file:
+        from gptlab.train.config import load_config_file
+
+        values.update(load_config_file(config_file))
+        config_from_dict(values, source=str(config_file))  # report unknown keys against the file
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if resume is None:
+        cfg = config_from_dict(values, source="command line")
+        cfg.validate()
+        return cfg, None
+    run_dir = Path(resume)
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        raise GptlabError(f"{run_dir}: not a gptlab run folder (no config.json); cannot resume")
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))["train"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GptlabError(f"{saved_path}: corrupt run config ({exc})") from None
+    cfg = config_from_dict(saved, source=str(saved_path))
+    for key, value in values.items():
+        if key in IDENTITY_KEYS and value != getattr(cfg, key):
+            raise GptlabError(
+                f"cannot resume {run_dir}: it was trained with {key}={getattr(cfg, key)!r}, "
+                f"this command asks for {key}={value!r} (start a new run, or drop that setting)"
+            )
+        setattr(cfg, key, config_from_dict({key: value}).__dict__[key])
+    cfg.out = str(run_dir)
+    cfg.validate()
+    return cfg, run_dir
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA if available, else CPU (MPS only when asked for)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptlabError(f"unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GptlabError("device 'cuda' was asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products are fast here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(cpu, c, lambda: False)() for c in checks)
+    return False
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    stem = Path(cfg.data).stem if cfg.data else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo, log: Callable[[str], None]):
+    """A :class:`PreparedData` for the run: the given prepared folder, or RUN/data prepared once."""
+    from gptlab.data.prepared import PreparedData
+
+    source = Path(cfg.data)
+    if (source / "meta.json").is_file():
+        return PreparedData(source)
+    data_dir = run_dir / "data"
+    if info.is_main and not (data_dir / "meta.json").is_file():
+        from gptlab.data.prep import prepare
+
+        tokenizer = _build_tokenizer(cfg, run_dir, log)
+        log(f"preparing {cfg.data} -> {data_dir}")
+        prepare(
+            cfg.data,
+            data_dir,
+            tokenizer=tokenizer,
+            val_fraction=cfg.val_fraction,
+            max_bytes=cfg.max_chars or None,
+            progress=False,
+        )
+    if info.enabled:
+        torch.distributed.barrier()
+    return PreparedData(data_dir)
+
+
+def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]):
+    """The tokenizer spec as prepare() takes it; ``bpe:N`` trains one on the training text first."""
+    spec = cfg.tokenizer
+    if not spec.startswith("bpe:"):
+        return spec
+    try:
+        vocab_size = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise GptlabError(f"tokenizer {spec!r}: expected bpe:N with N the vocabulary size, e.g. bpe:4096") from None
+    from gptlab.data.corpus import iter_documents
+    from gptlab.tokenizer import BPETokenizer
+
+    # Train on the part of the text that becomes training data (the last val_fraction is held out).
+    docs = list(iter_documents(cfg.data, max_bytes=cfg.max_chars or None))
+    total = sum(len(d) for d in docs)
+    keep, budget = [], int(total * (1 - cfg.val_fraction))
+    for d in docs:
+        if budget <= 0:
+            break
+        keep.append(d[:budget])
+        budget -= len(d)
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train(keep, vocab_size, name=f"bpe-{vocab_size}")
+    log(f"trained a {tok.n_vocab}-token BPE tokenizer on {total / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+    return tok
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """State of one training process (one rank). Use :func:`pretrain`."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None, resuming: bool, progress: bool, log):
+        from gptlab.model import GPT, GPTConfig
+
+        self.cfg = cfg
+        self.log = log
+        self.progress = progress
+        self.device = pick_device(cfg.device)
+        self.info = init_distributed(self.device.type)
+        if self.info.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank)
+        self.run_dir = run_dir or (Path(cfg.out) if cfg.out else _default_run_dir(cfg))
+        if self.info.enabled:  # every rank must agree on the folder rank 0 chose
+            names = [str(self.run_dir)]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.run_dir = Path(names[0])
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed + self.info.rank)
+
+        self.data = _prepare_data(cfg, self.run_dir, self.info, log)
+        self.tokenizer = self.data.tokenizer()
+        model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=self.data.n_vocab, **cfg.model)
+        self.block = cfg.block_size or model_cfg.context_length
+        if self.block > model_cfg.context_length:
+            raise GptlabError(f"block_size {self.block} exceeds the model's context_length {model_cfg.context_length}")
+        self.model_cfg = model_cfg
+        # Same initial weights on every rank: seed the init identically, then offset per rank for dropout.
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(model_cfg).to(self.device)
+        torch.manual_seed(cfg.seed + self.info.rank)
+
+        tokens_per_micro = cfg.batch_size * self.block
+        world_tokens = tokens_per_micro * self.info.world_size
+        self.accum = max(1, math.ceil(cfg.global_batch_tokens / world_tokens)) if cfg.global_batch_tokens else 1
+        self.tokens_per_step = world_tokens * self.accum
+        if cfg.sampling == "epoch":
+            self.sampler = EpochWindows(
+                self.data.train.tokens, self.block, cfg.batch_size, cfg.seed, cfg.stride or self.block,
+                rank=self.info.rank, world_size=self.info.world_size,
+            )
+        else:
+            self.sampler = RandomWindows(
+                self.data.train.tokens, self.block, cfg.batch_size, cfg.seed,
+                rank=self.info.rank, world_size=self.info.world_size,
+            )
+        self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, cfg.batch_size)
+        self.train_eval_batches = eval_windows(self.data.train.tokens, self.block, cfg.eval_batches, cfg.batch_size)
+
+        self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(self.device))
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if self.use_bf16 else nullcontext
+        )
+        self.train_model = self.model
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.compiled = False
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.compiled = True
+
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0
+        self.best_val: float | None = None
+        self.total_steps = self._planned_steps()
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        if resuming:
+            self._restore()
+        elif self.info.is_main:
+            self._write_run_config()
+
+    # ------------------------------------------------------------------ planning
+    def _planned_steps(self) -> int:
+        cfg, plans = self.cfg, []
+        if cfg.max_steps:
+            plans.append(cfg.max_steps)
+        if cfg.max_tokens:
+            plans.append(math.ceil(cfg.max_tokens / self.tokens_per_step))
+        if cfg.epochs:
+            if isinstance(self.sampler, EpochWindows):
+                plans.append(math.ceil(cfg.epochs * self.sampler.batches_per_epoch / self.accum))
+            else:
+                plans.append(math.ceil(cfg.epochs * len(self.data.train) / self.tokens_per_step))
+        return min(plans) if plans else 0  # 0: only a time budget; estimated once steps are timed
+
+    def _write_run_config(self) -> None:
+        tok_ref: dict[str, Any]
+        if getattr(self.tokenizer, "name", "") == "gpt2":
+            tok_ref = {"name": "gpt2"}
+        else:
+            self.tokenizer.save(self.run_dir / "tokenizer.json")
+            tok_ref = {"file": "tokenizer.json"}
+        payload = {
+            "format": "gptlab-run",
+            "version": 1,
+            "train": self.cfg.to_dict(),
+            "model": self.model_cfg.to_dict(),
+            "tokenizer": tok_ref,
+            "world_size": self.info.world_size,
+            "tokens_per_step": self.tokens_per_step,
+            "grad_accum": self.accum,
+            "precision": "bf16-autocast" if self.use_bf16 else "fp32",
+        }
+        atomic_write_text(self.run_dir / "config.json", json.dumps(payload, indent=2))
+
+    def _restore(self) -> None:
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            raise GptlabError(f"{self.run_dir}: no complete checkpoint to resume from")
+        saved = json.loads((self.run_dir / "config.json").read_text())
+        if saved.get("model") != self.model_cfg.to_dict():
+            raise GptlabError(f"cannot resume {self.run_dir}: its model config differs from this command's")
+        if saved.get("world_size", 1) != self.info.world_size and self.cfg.sampling == "random":
+            self.log(f"note: resuming a {saved.get('world_size')}-process run on {self.info.world_size}; "
+                     f"the data order will differ from the original")
+        ckpt.load_model_weights(self.model, latest.path)
+        state = ckpt.load_state(latest.path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"][min(self.info.rank, len(state["sampler"]) - 1)])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.elapsed = float(state["elapsed"])
+        self.best_val = state.get("best_val")
+        self.total_steps = int(state["total_steps"]) if not self._planned_steps() else self._planned_steps()
+        ckpt.set_rng_state(state["rng"][min(self.info.rank, len(state["rng"]) - 1)])
+        if self.info.is_main:
+            self.metrics.truncate_after(self.step)
+        self.log(f"resumed {self.run_dir} at step {self.step} ({self.tokens:,} tokens)")
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(self.accum):
+            x, y = self.sampler.next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            sync = self.info.enabled and micro < self.accum - 1
+            ctx = self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else nullcontext()
+            with ctx:
+                with self.autocast():
+                    _, loss = self.train_model(x, y)
+                (loss / self.accum).backward()
+            total += loss.item()
+        loss_value = total / self.accum
+        if not math.isfinite(loss_value):
+            raise GptlabError(
+                f"the training loss became {loss_value} at step {self.step + 1}; stopped. The last good "
+                f"checkpoint is kept in {self.run_dir / 'checkpoints'}; try a lower learning rate (--lr)"
+            )
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    @torch.no_grad()
+    def _evaluate(self, batches) -> float:
+        self.model.eval()
+        losses = []
+        for x, y in batches:
+            with self.autocast():
+                logits = self.model(x.to(self.device))
+            losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten()).item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def _sample(self) -> str:
+        prompt = self.cfg.sample_prompt
+        if prompt:
+            ids = self.tokenizer.encode(prompt, allowed_special="all")
+        elif self.tokenizer.eot_id is not None:
+            ids = [self.tokenizer.eot_id]
+        else:
+            ids = [int(self.data.val.tokens[0])]
+        self.model.eval()
+        with self.autocast():
+            out = self.model.generate(
+                torch.tensor([ids], device=self.device), self.cfg.sample_tokens,
+                temperature=0.8, top_k=50, seed=self.cfg.seed,
+            )
+        self.model.train()
+        new = out[0, len(ids):].tolist() if isinstance(out, torch.Tensor) else list(out[0])[len(ids):]
+        return prompt + self.tokenizer.decode(new)
+
+    def _save(self, val_loss: float | None) -> None:
+        best = val_loss is not None and (self.best_val is None or val_loss <= self.best_val)
+        if best:
+            self.best_val = val_loss
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self._gather_objects(self.sampler.state_dict()),
+            "rng": self._gather_objects(ckpt.rng_state()),
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed,
+            "best_val": self.best_val,
+            "total_steps": self.total_steps,
+        }
+        if self.info.is_main:
+            meta = {"tokens": self.tokens, "val_loss": val_loss, "elapsed": round(self.elapsed, 3)}
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, meta, self.cfg.keep_last, best=best)
+
+    def _gather_objects(self, obj) -> list:
+        """Every rank's copy of ``obj`` (rank order), so a resumed rank gets back exactly its own."""
+        if not self.info.enabled:
+            return [obj]
+        out: list = [None] * self.info.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, on_eval: Callable[[dict], None] | None = None) -> RunResult:
+        cfg = self.cfg
+        budget = parse_duration(cfg.time_budget)
+        if not (cfg.max_steps or cfg.max_tokens or cfg.epochs or budget):
+            raise GptlabError("no stop condition: set max_steps, epochs, max_tokens or time_budget")
+        ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
+        bar = None
+        if self.progress and self.info.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
+                       file=sys.stderr, desc="pretrain")
+        if self.step == 0:
+            self._eval_and_log(None, on_eval, bar, save=False)
+        window_losses: list[float] = []
+        stopped_by = "steps"
+        start = time.perf_counter() - self.elapsed
+        first_timed: tuple[int, float] | None = None
+        try:
+            while True:
+                if self.total_steps and self.step >= self.total_steps:
+                    stopped_by = self._stop_reason()
+                    break
+                lr = lr_at(self.step, peak=cfg.lr, warmup_steps=cfg.warmup_steps,
+                           total_steps=self.total_steps, floor=cfg.min_lr)
+                loss = self._train_step(lr)
+                window_losses.append(loss)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                self.elapsed = time.perf_counter() - start
+                if budget and not (cfg.max_steps or cfg.max_tokens or cfg.epochs):
+                    # Time-budget runs: plan the cosine from measured step times (after a warm-up step).
+                    if self.step == 2:
+                        first_timed = (self.step, self.elapsed)
+                    elif first_timed and (self.step == 6 or self.step % cfg.eval_interval == 0):
+                        per_step = (self.elapsed - first_timed[1]) / (self.step - first_timed[0])
+                        self.total_steps = max(self.step + 1, int(self.step + (budget - self.elapsed) / per_step * 0.95))
+                        if bar is not None:
+                            bar.total = self.total_steps
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}",
+                                    tok_s=f"{self.tokens_per_step * self.step / max(self.elapsed, 1e-9):,.0f}")
+                time_up = broadcast_flag(bool(budget) and self.elapsed >= budget, self.info, self.device)
+                done = time_up or (self.total_steps and self.step >= self.total_steps)
+                if self.step % cfg.eval_interval == 0 or done:
+                    train_loss = all_reduce_mean(sum(window_losses) / len(window_losses), self.info, self.device)
+                    window_losses = []
+                    save = self.step % ckpt_every == 0 or done
+                    self._eval_and_log(train_loss, on_eval, bar, save=save, lr=lr)
+                if time_up:
+                    stopped_by = "time_budget"
+                    break
+        except KeyboardInterrupt:
+            # Ctrl-C: keep the work. The checkpoint holds the exact position, so --resume continues
+            # as if nothing happened (only the partial window of train losses is not logged).
+            stopped_by = "interrupted"
+            if bar is not None:
+                bar.close()
+                bar = None
+            latest = ckpt.latest_checkpoint(self.run_dir)
+            if self.step and (latest is None or latest.step != self.step):
+                self.log(f"interrupted at step {self.step}: saving a checkpoint to resume from")
+                self._save(None)
+        finally:
+            if bar is not None:
+                bar.close()
+        history = self.metrics.read() if self.info.is_main else []
+        last = history[-1] if history else {}
+        result = RunResult(
+            run_dir=self.run_dir, step=self.step, tokens=self.tokens, elapsed=self.elapsed, stopped_by=stopped_by,
+            train_loss=last.get("train_loss"), val_loss=last.get("val_loss"), best_val_loss=self.best_val,
+            tokens_per_sec=self.tokens / max(self.elapsed, 1e-9), mfu=self._mfu(), history=history,
+        )
+        shutdown(self.info)
+        return result
+
+    def _stop_reason(self) -> str:
+        cfg = self.cfg
+        for name in ("max_steps", "max_tokens", "epochs"):
+            if getattr(cfg, name):
+                return name
+        return "time_budget"
+
+    def _eval_and_log(self, train_loss, on_eval, bar, save: bool, lr: float | None = None) -> None:
+        val_loss = self._evaluate(self.val_batches)
+        train_eval = self._evaluate(self.train_eval_batches)
+        record = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": round(self.elapsed, 3),
+            "train_loss": train_loss if train_loss is not None else train_eval,
+            "train_eval_loss": train_eval,
+            "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 50.0)),
+            "lr": lr,
+        }
+        if self.info.is_main:
+            self.metrics.append(record)
+            plot_curves(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}: loss")
+            sample = self._sample() if self.step > 0 else None
+            if sample is not None:
+                record["sample"] = sample
+            msg = (f"step {self.step:>6}  tokens {self.tokens:>12,}  train {record['train_loss']:.4f}  "
+                   f"val {val_loss:.4f}  ppl {record['val_ppl']:.1f}")
+            (bar.write if bar is not None else self.log)(msg)
+            if sample is not None:
+                (bar.write if bar is not None else self.log)("  sample: " + sample.replace("\n", "\n          ")[:600])
+        if save:
+            self._save(val_loss)
+        if on_eval is not None and self.info.is_main:
+            on_eval(record)
+
+    def _mfu(self) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's matmul peak.
+
+        GPUs use their datasheet peak; on a CPU the peak is measured (a large matmul in the run's
+        precision), so CPU MFU says how close the run came to what this CPU's matmuls can do.
+        """
+        if self.elapsed <= 0:
+            return None
+        from gptlab.train.flops import flops_per_token, peak_flops
+
+        peak = peak_flops(self.device, self.use_bf16)
+        if not peak:
+            return None
+        achieved = flops_per_token(self.model_cfg, self.block) * self.tokens / self.elapsed
+        return achieved / (peak * self.info.world_size)
+
+
+def pretrain(
+    cfg: TrainConfig,
+    resume: str | os.PathLike | None = None,
+    progress: bool = True,
+    on_eval: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Run (or resume) pretraining as ``cfg`` says; returns where the run is and how it ended."""
+    cfg.validate()
+    run = _Run(cfg, Path(resume) if resume else None, resume is not None, progress, log)
+    return run.run(on_eval)
