@@ -67,9 +67,8 @@ def run_prepare_bench(
             ref_s.append(time.perf_counter() - start)
         data = PreparedData(tmp)
         ours_ids = np.concatenate([data.train.tokens, data.val.tokens])
-        joined = np.concatenate(
-            [np.array(ids + [meta["eot_id"]], dtype=np.int64) for ids in ref_ids[:-1]] + [np.array(ref_ids[-1], dtype=np.int64)]
-        )
+        eot = [meta["eot_id"]]
+        joined = np.concatenate([np.array(ids + eot, dtype=np.int64) for ids in ref_ids[:-1]] + [np.array(ref_ids[-1])])
         identical = bool(len(ours_ids) == len(joined) and np.array_equal(ours_ids, joined))
         del data, ours_ids
     ours_mb = n_bytes / 1e6 / statistics.median(ours_s)

@@ -100,10 +100,9 @@ def resolve_source(spec: str | os.PathLike) -> Source:
     if path.is_file():
         return Source(name, "file", (path,))
     if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
+        # Every file below, hidden ones (and those in hidden folders) left out, sorted by relative path.
+        found = [(p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()]
+        files = [p for rel, p in sorted(found) if not any(part.startswith(".") for part in rel.split("/"))]
         if not files:
             raise GptlabError(f"{path}: folder holds no files to read")
         return Source(name, "folder", tuple(files), path)

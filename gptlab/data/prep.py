@@ -36,7 +36,10 @@ from gptlab.tokenizer.bpe import GPT2_PATTERN, BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
 
 META_FORMAT = "gptlab-prepared"
-SPLIT_RULE = "the joined token stream is cut at int(tokens * (1 - val_fraction)): train.bin holds the tokens before, val.bin the rest"
+SPLIT_RULE = (
+    "the joined token stream is cut at int(tokens * (1 - val_fraction)): "
+    "train.bin holds the tokens before, val.bin the rest"
+)
 
 _MIN_CHUNK = 256 << 10
 _MAX_CHUNK = 16 << 20
@@ -214,7 +217,12 @@ def _progress_iter(results: Iterator, pieces: Sequence[Piece], progress: bool | 
 
 
 def _write_stream(
-    path: Path, pieces: Sequence[Piece], results: Iterator[np.ndarray], eot_id: int | None, dtype: np.dtype, progress: bool | None
+    path: Path,
+    pieces: Sequence[Piece],
+    results: Iterator[np.ndarray],
+    eot_id: int | None,
+    dtype: np.dtype,
+    progress: bool | None,
 ) -> int:
     """Write each piece's ids in order, ``eot_id`` between documents; returns the token count."""
     eot = np.array([eot_id if eot_id is not None else 0], dtype=dtype).tobytes()

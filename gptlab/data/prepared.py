@@ -38,8 +38,13 @@ class TokenFile:
         except OSError as exc:
             raise GptlabError(f"{self.path}: cannot open token file ({exc.strerror})") from None
         if size % self.dtype.itemsize or (n_tokens is not None and size != n_tokens * self.dtype.itemsize):
-            expected = f"{n_tokens} {dtype} tokens = {n_tokens * self.dtype.itemsize} bytes" if n_tokens is not None else f"a multiple of {self.dtype.itemsize}"
-            raise GptlabError(f"{self.path}: has {size} bytes, expected {expected}; the file is truncated or not from this preparation")
+            if n_tokens is not None:
+                expected = f"{n_tokens} {dtype} tokens = {n_tokens * self.dtype.itemsize} bytes"
+            else:
+                expected = f"a multiple of {self.dtype.itemsize}"
+            raise GptlabError(
+                f"{self.path}: has {size} bytes, expected {expected}; the file is truncated or not from this preparation"
+            )
         # np.memmap cannot map an empty file; an empty split is just an empty array.
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r") if size else np.empty(0, dtype=self.dtype)
 
@@ -54,7 +59,9 @@ class TokenFile:
                 f"{self.path}: has {len(self)} tokens, but one window of block size {block_size} needs {block_size + 1}"
             )
 
-    def _gather(self, starts: np.ndarray, block_size: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(
+        self, starts: np.ndarray, block_size: int, device: str | torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows at ``starts``: x = tokens[s : s+T], y = tokens[s+1 : s+T+1], as int64 tensors."""
         rows = self.tokens[starts[:, None] + np.arange(block_size + 1)]  # one gather for the batch
         both = torch.from_numpy(rows.astype(np.int64))
@@ -126,7 +133,9 @@ class PreparedData:
         try:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise GptlabError(f"{meta_path}: not found; is {self.dir} a folder written by gptlab prepare (or was it interrupted)?") from None
+            raise GptlabError(
+                f"{meta_path}: not found; is {self.dir} a folder written by gptlab prepare (or was it interrupted)?"
+            ) from None
         except (OSError, ValueError) as exc:
             raise GptlabError(f"{meta_path}: corrupt, not valid JSON ({exc})") from None
         from gptlab.data.prep import META_FORMAT

@@ -248,8 +248,11 @@ class _Run:
                 self.data.train.tokens, self.block, cfg.batch_size, cfg.seed,
                 rank=self.info.rank, world_size=self.info.world_size,
             )
-        self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, cfg.batch_size)
-        self.train_eval_batches = eval_windows(self.data.train.tokens, self.block, cfg.eval_batches, cfg.batch_size)
+        # The evaluation windows depend on the global batch only, so a run on N processes evaluates the
+        # same windows as one process with the same global batch (every rank evaluates all of them).
+        eval_batch = cfg.batch_size * self.info.world_size
+        self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, eval_batch)
+        self.train_eval_batches = eval_windows(self.data.train.tokens, self.block, cfg.eval_batches, eval_batch)
 
         self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(self.device))
