@@ -16,6 +16,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--max-chars", "max_chars", "read at most this many bytes of raw text (0 = all; default 8,000,000)"),
     ("--val-fraction", "val_fraction", "share of the tokens held out for validation (default 0.1)"),
     ("--preset", "preset", "model preset (gptlab info --list-presets; default gpt-micro)"),
+    ("--init", "init", "weight init: gpt2 (N(0,0.02), default) or torch (PyTorch defaults, as the book's chapter 5)"),
     ("--batch-size", "batch_size", "sequences per micro-batch (default 16)"),
     ("--block-size", "block_size", "tokens per sequence (default: the model's context length)"),
     ("--global-batch-tokens", "global_batch_tokens", "tokens per optimizer step; micro-batches are accumulated to reach it"),

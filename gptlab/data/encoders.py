@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from gptlab.data.corpus import Piece, read_piece
+from gptlab.errors import GptlabError
 from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.char import CharTokenizer
 
@@ -102,7 +103,11 @@ def init_worker(encoder: PieceEncoder | None, errors: str) -> None:
 def encode_piece(piece: Piece) -> np.ndarray:
     """Read, decode and encode one piece (runs in a worker)."""
     encoder, errors = _STATE
-    return encoder(read_piece(piece, errors))
+    text = read_piece(piece, errors)
+    try:
+        return encoder(text)
+    except GptlabError as exc:  # e.g. a character outside a given char vocabulary: say where
+        raise GptlabError(f"{piece.path} (bytes {piece.start}-{piece.end}): {exc}") from None
 
 
 def scan_piece(piece: Piece) -> np.ndarray:

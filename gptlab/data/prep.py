@@ -97,7 +97,6 @@ def prepare(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder (--out names the folder to write)")
-    out.mkdir(parents=True, exist_ok=True)
 
     if tok is None:  # "char": the alphabet is every character of the data
         with _mapper(workers, None, errors) as run:
@@ -108,6 +107,7 @@ def prepare(
         raise GptlabError(f"tokenizer {tok.name!r} has no {ENDOFTEXT} token to separate the {n_docs} documents")
     encoder = PieceEncoder(tok, use_tiktoken=use_tiktoken)
 
+    out.mkdir(parents=True, exist_ok=True)
     tmp_train = _tmp_name(out, "train.bin")
     tmp_val = _tmp_name(out, "val.bin")
     try:

@@ -33,6 +33,9 @@ class TrainConfig:
     # The model: a preset from gptlab.model.PRESETS, plus GPTConfig field overrides.
     preset: str = "gpt-micro"
     model: dict[str, Any] = field(default_factory=dict)
+    # Weight init: "gpt2" (N(0, 0.02), scaled residual projections; GPT-2/nanoGPT) or "torch" (PyTorch's
+    # per-layer defaults, which the book's chapter 4-5 GPTModel uses: its first loss is ~10.98).
+    init: str = "gpt2"
     # Batches: micro-batch per step and device; gradient accumulation reaches global_batch_tokens.
     batch_size: int = 16
     block_size: int = 0  # 0 = the model's context length
@@ -84,6 +87,8 @@ class TrainConfig:
             raise GptlabError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.sampling not in ("random", "epoch"):
             raise GptlabError(f"sampling must be 'random' or 'epoch', got {self.sampling!r}")
+        if self.init not in ("gpt2", "torch"):
+            raise GptlabError(f"init must be 'gpt2' or 'torch', got {self.init!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise GptlabError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.epochs < 0:

@@ -231,7 +231,12 @@ class _Run:
         self.model_cfg = model_cfg
         # Same initial weights on every rank: seed the init identically, then offset per rank for dropout.
         torch.manual_seed(cfg.seed)
-        self.model = GPT(model_cfg).to(self.device)
+        self.model = GPT(model_cfg)
+        if cfg.init == "torch":
+            for module in self.model.modules():
+                if module is not self.model and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.model = self.model.to(self.device)
         torch.manual_seed(cfg.seed + self.info.rank)
 
         tokens_per_micro = cfg.batch_size * self.block
@@ -341,6 +346,8 @@ class _Run:
 
     # ------------------------------------------------------------------ one step
     def _train_step(self, lr: float) -> float:
+        if self.compiled and not getattr(self, "_compile_checked", False):
+            return self._first_compiled_step(lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
@@ -366,16 +373,44 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
 
+    def _first_compiled_step(self, lr: float) -> float:
+        """Run the first step compiled; if compilation fails, warn once and continue in eager mode.
+
+        Compilation happens lazily on the first call, so this is where a missing compiler, an
+        unsupported platform or an inductor bug shows up. The step is redone eagerly from the same
+        state (the sampler and RNG are rewound), so falling back does not change the run's data.
+        """
+        self._compile_checked = True
+        sampler_state, rng = self.sampler.state_dict(), torch.get_rng_state()
+        try:
+            return self._train_step(lr)
+        except GptlabError:
+            raise
+        except Exception as exc:  # torch._dynamo / inductor raise many types; any means "cannot compile"
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                          f"training continues without compilation", stacklevel=2)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sampler.load_state_dict(sampler_state)
+            torch.set_rng_state(rng)
+            self.train_model = self.train_model._orig_mod if hasattr(self.train_model, "_orig_mod") else self.model
+            self.compiled = False
+            return self._train_step(lr)
+
     @torch.no_grad()
     def _evaluate(self, batches) -> float:
+        """Mean next-token loss over every target token of ``batches`` (token-weighted, eval mode)."""
         self.model.eval()
-        losses = []
+        total, count = 0.0, 0
         for x, y in batches:
             with self.autocast():
                 logits = self.model(x.to(self.device))
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten()).item())
+            y = y.to(self.device).flatten()
+            total += F.cross_entropy(logits.float().flatten(0, 1), y, reduction="sum").item()
+            count += y.numel()
         self.model.train()
-        return sum(losses) / len(losses)
+        return total / count
 
     def _sample(self) -> str:
         prompt = self.cfg.sample_prompt
@@ -471,7 +506,9 @@ class _Run:
                     train_loss = all_reduce_mean(sum(window_losses) / len(window_losses), self.info, self.device)
                     window_losses = []
                     save = self.step % ckpt_every == 0 or done
-                    self._eval_and_log(train_loss, on_eval, bar, save=save, lr=lr)
+                    if self._eval_and_log(train_loss, on_eval, bar, save=save, lr=lr):
+                        stopped_by = "callback"
+                        break
                 if time_up:
                     stopped_by = "time_budget"
                     break
@@ -506,7 +543,8 @@ class _Run:
                 return name
         return "time_budget"
 
-    def _eval_and_log(self, train_loss, on_eval, bar, save: bool, lr: float | None = None) -> None:
+    def _eval_and_log(self, train_loss, on_eval, bar, save: bool, lr: float | None = None) -> bool:
+        """Evaluate, log, plot, sample, checkpoint; True if ``on_eval`` asks the run to stop."""
         val_loss = self._evaluate(self.val_batches)
         train_eval = self._evaluate(self.train_eval_batches)
         record = {
@@ -532,8 +570,8 @@ class _Run:
                 (bar.write if bar is not None else self.log)("  sample: " + sample.replace("\n", "\n          ")[:600])
         if save:
             self._save(val_loss)
-        if on_eval is not None and self.info.is_main:
-            on_eval(record)
+        stop = bool(on_eval(record)) if on_eval is not None and self.info.is_main else False
+        return broadcast_flag(stop, self.info, self.device)
 
     def _mfu(self) -> float | None:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's matmul peak.
@@ -556,10 +594,14 @@ def pretrain(
     cfg: TrainConfig,
     resume: str | os.PathLike | None = None,
     progress: bool = True,
-    on_eval: Callable[[dict], None] | None = None,
+    on_eval: Callable[[dict], bool | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Run (or resume) pretraining as ``cfg`` says; returns where the run is and how it ended."""
+    """Run (or resume) pretraining as ``cfg`` says; returns where the run is and how it ended.
+
+    ``on_eval`` receives each evaluation record (step, tokens, elapsed, losses, lr); returning True
+    stops the run after that evaluation (used by benchmarks that stop at a target loss).
+    """
     cfg.validate()
     run = _Run(cfg, Path(resume) if resume else None, resume is not None, progress, log)
     return run.run(on_eval)

@@ -108,6 +108,13 @@ def test_tokenizer_file_is_copied(tmp_path, small_file):
     assert stream(out).tolist() == tok.encode_ordinary(small_file.read_bytes().decode("utf-8"))
 
 
+def test_character_outside_a_given_vocabulary(tmp_path):
+    CharTokenizer("abc ").save(tmp_path / "tok.json")
+    (tmp_path / "t.txt").write_text("abc cab abd")
+    with pytest.raises(GptlabError, match=r"t.txt \(bytes 0-11\): character 'd' is not in this character vocabulary"):
+        prepare(tmp_path / "t.txt", tmp_path / "o", tokenizer=str(tmp_path / "tok.json"), workers=1)
+
+
 def test_uint32_for_big_vocabularies(tmp_path):
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
     # A character vocabulary of 70,000 code points (skipping surrogates), so ids pass 65,535.
