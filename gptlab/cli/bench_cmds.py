@@ -12,6 +12,9 @@ import importlib
 
 _TARGET_MODULES = [
     "gptlab.bench.tokenizer",
+    "gptlab.bench.prepare",
+    "gptlab.bench.model",
+    "gptlab.bench.pretrain",
 ]
 
 

@@ -56,6 +56,7 @@ class Piece:
 
     @property
     def nbytes(self) -> int:
+        """Length of the piece in bytes."""
         return self.end - self.start
 
 

@@ -70,7 +70,7 @@ def explicit_attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     # Softmax in float32 so that bf16 models keep a well-normalised distribution.
-    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
     return weights @ v
 
@@ -109,7 +109,9 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if self.impl == "explicit":
+        if self.impl == "explicit" or T == 1:
+            # One new query (a decode step): SDPA's CPU kernels are tuned for long queries and are
+            # several times slower here, in bf16 especially; two small matmuls are the fast path.
             y = explicit_attention(q, k, v, mask, is_causal, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)

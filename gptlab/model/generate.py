@@ -22,6 +22,24 @@ from gptlab.model.kv_cache import KVCache
 Prompt = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the ``top_k`` largest and outside the nucleus of mass ``top_p``.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``.
+    """
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (so the first always stays).
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 0.0,
@@ -31,23 +49,12 @@ def sample_next(
 ) -> torch.Tensor:
     """Pick one token per row of ``logits`` ``[B, vocab]``; returns ``[B]`` token ids.
 
-    Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, cut to the
-    ``top_k`` largest and/or to the smallest set whose probability reaches ``top_p`` (nucleus), and
-    sampled from.
+    Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, filtered
+    by :func:`filter_logits`, and sampled from.
     """
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 

@@ -18,7 +18,7 @@ import re
 
 import regex
 
-from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN
+from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN, tiktoken_compatible
 
 # Unicode White_Space in the ASCII range (what both ``regex`` and tiktoken's Rust engine call \s;
 # note Python's own str.isspace also counts \x1c-\x1f, which White_Space does not).
@@ -39,7 +39,7 @@ class Pretokenizer:
 
     def __init__(self, pattern: str):
         self.pattern = pattern
-        self._pat = regex.compile(pattern)
+        self._pat = regex.compile(tiktoken_compatible(pattern))
         self._ascii = _GPT2_ASCII if pattern == GPT2_PATTERN else None
 
     def split(self, text: str) -> list[str]:

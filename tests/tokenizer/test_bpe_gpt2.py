@@ -91,13 +91,17 @@ def test_special_handling_matches_tiktoken(gpt2, tiktoken_gpt2, text):
 
 
 def test_every_code_point_matches_tiktoken(gpt2, tiktoken_gpt2):
-    """Each Unicode scalar value, in contexts that exercise every branch of the pre-tokenizer."""
+    """Each Unicode scalar value in contexts that tell letters, numbers, symbols and spaces apart.
+
+    A character's class decides where pieces end: "X's" splits after X only if X is a letter, "aX"
+    is one piece only if X is a letter too, and so on. (This is how a Unicode-version difference
+    between the regex module and tiktoken's engine was found; see bpe_pattern.py.)
+    """
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
-    for i in range(0, len(chars), 8192):
-        block = chars[i : i + 8192]
-        for sep in ("", " ", "a", "1", "  "):
-            text = sep.join(block) + " " + " x".join(block[:64]) + "\n"
-            assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text), hex(ord(block[0]))
+    for i in range(0, len(chars), 4096):
+        block = chars[i : i + 4096]
+        text = " ".join(f"{c}'s a{c} 1{c} {c}! x{c}x {c}{c} {c}\n" for c in block)
+        assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text), hex(ord(block[0]))
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, tiktoken_gpt2):
