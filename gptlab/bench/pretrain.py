@@ -55,7 +55,7 @@ def book_check(work: Path, precision: str = "fp32", progress: bool = False) -> d
         model=dict(context_length=256, drop_rate=0.1, qkv_bias=False, tie_weights=False), init="torch",
         batch_size=2, block_size=256, sampling="epoch", stride=256, lr=4e-4, min_lr=4e-4, warmup_steps=0,
         weight_decay=0.1, beta1=0.9, beta2=0.999, grad_clip=0.0, epochs=10, time_budget="", eval_interval=5,
-        eval_batches=5, sample_prompt="Every effort moves you", sample_tokens=25, precision=precision,
+        eval_batches=5, eval_train_batches=5, sample_prompt="Every effort moves you", sample_tokens=25, precision=precision,
         seed=123, out=str(work / "book"), keep_last=1,
     )
     result = pretrain(cfg, progress=progress, log=_quiet)

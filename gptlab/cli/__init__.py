@@ -20,7 +20,6 @@ _VERB_MODULES = [
     "gptlab.cli.data_cmds",
     "gptlab.cli.model_cmds",
     "gptlab.cli.train_cmds",
-    "gptlab.cli.demo_cmds",
     "gptlab.cli.bench_cmds",
 ]
 

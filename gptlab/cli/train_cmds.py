@@ -34,7 +34,8 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--max-tokens", "max_tokens", "stop after this many training tokens"),
     ("--time-budget", "time_budget", "stop after this wall time, e.g. 90s, 5m, 1h (default 3m when nothing else is set)"),
     ("--eval-interval", "eval_interval", "evaluate, sample and checkpoint every N steps (default 100)"),
-    ("--eval-batches", "eval_batches", "validation batches per evaluation (default 20)"),
+    ("--eval-batches", "eval_batches", "validation batches per evaluation (default 8)"),
+    ("--eval-train-batches", "eval_train_batches", "also evaluate on this many fixed training batches (default 0: report the running training loss)"),
     ("--sample-prompt", "sample_prompt", "prompt for the samples printed at each evaluation"),
     ("--sample-tokens", "sample_tokens", "tokens per sample (default 80)"),
     ("--checkpoint-interval", "checkpoint_interval", "checkpoint every N steps (default: at each evaluation)"),
@@ -115,10 +116,11 @@ def _pretrain(args: argparse.Namespace) -> int:
           f"{result.tokens_per_sec:,.0f} tokens/s" + (f", MFU {result.mfu:.1%}" if result.mfu else "") + ")")
     if result.val_loss is not None:
         print(f"final validation loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); curves: {run / 'loss.png'}")
+    prompt = cfg.sample_prompt or ("def main(" if cfg.data == "python-stdlib" else "The")
     print("next:")
-    print(f"  gptlab generate --model {run} --prompt 'def main(' --max-new-tokens 100   # sample from it")
-    print(f"  gptlab pretrain --resume {run} --time-budget 10m                          # train longer")
-    print(f"  gptlab export {run} --out {run}/hf                                        # Hugging Face format, for fine-tuning")
+    print(f"  sample from it:        gptlab generate --model {run} --prompt '{prompt}' --max-new-tokens 100")
+    print(f"  train it longer:       gptlab pretrain --resume {run} --time-budget 10m")
+    print(f"  export it (HF format): gptlab export {run} --out {run}/hf")
     return 130 if result.stopped_by == "interrupted" else 0
 
 

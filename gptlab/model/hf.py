@@ -194,10 +194,14 @@ class _SafetensorsFile:
         """The stored shape of tensor ``name``."""
         return self.entries[name][1]
 
-    def read(self, name: str) -> torch.Tensor:
-        """Tensor ``name``, read from disk into a fresh tensor."""
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor ``name``."""
+        return self.entries[name][0]
+
+    def read(self, name: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``name``, read from disk into a fresh tensor (or into the front of uint8 ``scratch``)."""
         dtype, shape, begin, end = self.entries[name]
-        out = torch.empty(end - begin, dtype=torch.uint8)
+        out = torch.empty(end - begin, dtype=torch.uint8) if scratch is None else scratch[: end - begin]
         with open(self.path, "rb") as f:
             f.seek(self.data_start + begin)
             got = f.readinto(memoryview(out.numpy()))
@@ -224,8 +228,12 @@ class _TorchBinFile:
         """The stored shape of tensor ``name``."""
         return list(self.tensors[name].shape)
 
-    def read(self, name: str) -> torch.Tensor:
-        """Tensor ``name``."""
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor ``name``."""
+        return self.tensors[name].dtype
+
+    def read(self, name: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``name`` (mapped from the file; ``scratch`` is not needed)."""
         return self.tensors[name]
 
 
@@ -269,6 +277,23 @@ def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = True) -> 
     )
 
 
+def _largest_copied_tensor(weights, stored: dict[str, str], expected: dict[str, torch.Tensor], dtype) -> int:  # noqa: ANN001
+    """Bytes of the largest stored tensor that needs a transpose or dtype conversion."""
+    largest = 0
+    for name, meta in expected.items():
+        try:
+            hf, transposed = hf_name(name)
+        except KeyError:
+            continue
+        key = stored.get(hf)
+        if key is None:
+            continue
+        stored_dtype = weights.dtype(key)
+        if transposed or (dtype is not None and dtype != stored_dtype):
+            largest = max(largest, meta.numel() * stored_dtype.itemsize)
+    return largest
+
+
 def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, download: bool = True) -> GPT:
     """Build a :class:`GPT` from a Hugging Face GPT-2 folder or hub name (``gpt2`` ... ``gpt2-xl``).
 
@@ -294,6 +319,7 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
     expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
+    scratch: torch.Tensor | None = None
     for name, meta in expected.items():
         if name == "out_head.weight" and cfg.tie_weights:
             continue  # the token embedding, tied below
@@ -301,15 +327,24 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
         want = list(meta.shape[::-1] if transposed else meta.shape)
         if hf not in stored:
             raise GptlabError(f"{weights.path}: missing tensor {hf} (expected shape {want})")
-        got = list(weights.shape(stored[hf]))
+        key = stored[hf]
+        got = list(weights.shape(key))
         if got != want:
-            raise GptlabError(f"{weights.path}: tensor {stored[hf]} has shape {got}, but config.json implies {want}")
-        tensor = weights.read(stored[hf])
-        if transposed:
-            tensor = tensor.t()
-        target_dtype = dtype or (tensor.dtype if tensor.is_floating_point() else torch.float32)
-        state[name] = tensor.to(target_dtype).contiguous()
+            raise GptlabError(f"{weights.path}: tensor {key} has shape {got}, but config.json implies {want}")
+        stored_dtype = weights.dtype(key)
+        target = dtype or (stored_dtype if stored_dtype.is_floating_point else torch.float32)
+        if not transposed and target == stored_dtype:
+            state[name] = weights.read(key)  # straight from the file into the tensor the model keeps
+        else:
+            # Transposing or converting needs the raw bytes somewhere first: one reused scratch buffer,
+            # so the allocator is not left with a hole per tensor.
+            nbytes = meta.numel() * stored_dtype.itemsize
+            if scratch is None or scratch.numel() < nbytes:
+                scratch = torch.empty(_largest_copied_tensor(weights, stored, expected, dtype), dtype=torch.uint8)
+            raw = weights.read(key, scratch)
+            state[name] = torch.empty(meta.shape, dtype=target).copy_(raw.t() if transposed else raw)
         used.add(hf)
+    del scratch
     if not cfg.qkv_bias:
         # Saved by gptlab without a qkv bias: the stored zeros must really be zeros to drop them.
         for i in range(cfg.n_layers):

@@ -57,7 +57,10 @@ class TrainConfig:
     time_budget: str = "3m"
     # Evaluation, samples and checkpoints (in optimizer steps).
     eval_interval: int = 100
-    eval_batches: int = 20
+    eval_batches: int = 8
+    # Also evaluate (eval mode) on this many fixed training batches, as the book's train loss is
+    # measured; 0 = report the running mean of the training steps' losses instead.
+    eval_train_batches: int = 0
     sample_prompt: str = ""
     sample_tokens: int = 80
     checkpoint_interval: int = 0  # 0 = at every evaluation
@@ -76,7 +79,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise GptlabError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ["max_steps", "max_tokens", "block_size", "global_batch_tokens", "stride", "warmup_steps",
-                     "checkpoint_interval", "max_chars"]:
+                     "checkpoint_interval", "max_chars", "eval_train_batches"]:
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.eval_interval <= 0:

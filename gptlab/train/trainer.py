@@ -257,7 +257,10 @@ class _Run:
         # same windows as one process with the same global batch (every rank evaluates all of them).
         eval_batch = cfg.batch_size * self.info.world_size
         self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, eval_batch)
-        self.train_eval_batches = eval_windows(self.data.train.tokens, self.block, cfg.eval_batches, eval_batch)
+        self.train_eval_batches = (
+            eval_windows(self.data.train.tokens, self.block, cfg.eval_train_batches, eval_batch)
+            if cfg.eval_train_batches else []
+        )
 
         self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(self.device))
@@ -546,11 +549,12 @@ class _Run:
     def _eval_and_log(self, train_loss, on_eval, bar, save: bool, lr: float | None = None) -> bool:
         """Evaluate, log, plot, sample, checkpoint; True if ``on_eval`` asks the run to stop."""
         val_loss = self._evaluate(self.val_batches)
-        train_eval = self._evaluate(self.train_eval_batches)
+        train_eval = self._evaluate(self.train_eval_batches) if self.train_eval_batches else None
         record = {
             "step": self.step,
             "tokens": self.tokens,
             "elapsed": round(self.elapsed, 3),
+            # Before the first step there is no running training loss; the evaluated one (or none) stands in.
             "train_loss": train_loss if train_loss is not None else train_eval,
             "train_eval_loss": train_eval,
             "val_loss": val_loss,
@@ -563,7 +567,8 @@ class _Run:
             sample = self._sample() if self.step > 0 else None
             if sample is not None:
                 record["sample"] = sample
-            msg = (f"step {self.step:>6}  tokens {self.tokens:>12,}  train {record['train_loss']:.4f}  "
+            train_txt = f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "  -   "
+            msg = (f"step {self.step:>6}  tokens {self.tokens:>12,}  train {train_txt}  "
                    f"val {val_loss:.4f}  ppl {record['val_ppl']:.1f}")
             (bar.write if bar is not None else self.log)(msg)
             if sample is not None:

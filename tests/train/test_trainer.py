@@ -142,7 +142,9 @@ def test_time_budget_stops_the_run(tmp_path):
     start = time.perf_counter()
     result = pretrain(small_cfg(tmp_path / "b", time_budget="3s", eval_interval=50), progress=False, log=lambda m: None)
     assert result.stopped_by == "time_budget"
-    assert 3.0 <= result.elapsed < 20.0 and time.perf_counter() - start < 60
+    # The cosine is planned from measured step times to end just inside the budget (leaving room for
+    # the final evaluation), so the run ends close to 3 s and well before anything slow could happen.
+    assert 2.0 <= result.elapsed < 20.0 and time.perf_counter() - start < 60
 
 
 def test_metrics_and_plot_are_written(tmp_path):
