@@ -122,8 +122,6 @@ def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, 
     """Greedy tokens/s of gptlab (each of ``modes``) and of transformers fp32 and bf16 generate."""
     import torch
 
-    from gptlab.model import GPT
-
     torch.manual_seed(1)
     prompt = torch.randint(0, 50257, (batch, PROMPT_LEN))
     mask = torch.ones_like(prompt)
@@ -137,8 +135,14 @@ def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, 
 
         contenders[f"transformers {dtype_name}"] = _gen_rate(hf_generate, batch * new_tokens)
     for mode in modes:
-        ours = _our_generation_model(directory, mode)
-        contenders[f"gptlab {mode}"] = _gen_rate(lambda ours=ours: ours.generate(prompt, new_tokens), batch * new_tokens)
+        ours, options = _our_generation_model(directory, mode)
+        start = time.perf_counter()
+        ours.generate(prompt, 2, **options)  # compiles, when the mode compiles
+        if options.get("compile"):
+            _log(f"compiled the decode step (batch {batch}) in {time.perf_counter() - start:.0f} s")
+        contenders[f"gptlab {mode}"] = _gen_rate(
+            lambda ours=ours, options=options: ours.generate(prompt, new_tokens, **options), batch * new_tokens
+        )
     samples = _interleaved(contenders, repeats)
     ref_name = max((n for n in samples if n.startswith("transformers")), key=lambda n: _median(samples[n]))
     best = max((n for n in samples if n.startswith("gptlab")), key=lambda n: _median(samples[n]))
@@ -156,15 +160,13 @@ def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, 
 
 
 def _our_generation_model(directory: str, mode: str):  # noqa: ANN202
+    """gptlab's model for a generation mode: ``fp32``, ``bf16``, or ``bf16+compile``."""
     import torch
 
     from gptlab.model import GPT
 
-    if mode == "bf16":
-        return GPT.from_pretrained(directory, dtype=torch.bfloat16)
-    if mode == "fp32":
-        return GPT.from_pretrained(directory)
-    raise ValueError(mode)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[mode.split("+")[0]]
+    return GPT.from_pretrained(directory, dtype=dtype), {"compile": mode.endswith("+compile")}
 
 
 def bench_kv_cache(directory: str, new_tokens: int, repeats: int) -> Result:
@@ -263,7 +265,9 @@ def bench_training(directory: str, repeats: int, compile_model: bool) -> list[Re
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_benchmarks(quick: bool = False, only: list[str] | None = None, compile_model: bool = True) -> list[Result]:
+def run_benchmarks(
+    quick: bool = False, only: list[str] | None = None, compile_model: bool = True, repeats: int | None = None
+) -> list[Result]:
     """Run the selected comparisons (``generate``, ``cache``, ``train``); ``quick`` shortens them."""
     try:
         import transformers  # noqa: F401
@@ -273,7 +277,7 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, compile_m
 
     only = only or ["generate", "cache", "train"]
     new_tokens = 50 if quick else NEW_TOKENS
-    repeats = 2 if quick else 5
+    repeats = repeats or (2 if quick else 3)
     results: list[Result] = []
     _log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quick={quick}")
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as directory:
@@ -281,13 +285,14 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, compile_m
         if "generate" in only:
             for batch in (1, 8):
                 _log(f"generation, batch {batch}")
-                results.append(bench_generation(directory, batch, new_tokens, repeats, ["bf16"]))
+                modes = ["bf16"] + ([] if quick or not compile_model else ["bf16+compile"])
+                results.append(bench_generation(directory, batch, new_tokens, repeats, modes))
         if "cache" in only:
             _log("KV cache vs no cache")
-            results.append(bench_kv_cache(directory, new_tokens, 1 if quick else 3))
+            results.append(bench_kv_cache(directory, new_tokens, repeats))
         if "train" in only:
             _log("training step")
-            results.extend(bench_training(directory, 2 if quick else 3, compile_model and not quick))
+            results.extend(bench_training(directory, repeats, compile_model and not quick))
     return results
 
 
@@ -308,7 +313,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = run_benchmarks(quick=args.quick, only=args.only, compile_model=not args.no_compile)
+    results = run_benchmarks(quick=args.quick, only=args.only, compile_model=not args.no_compile, repeats=args.repeats)
     if args.json:
         print(json.dumps({"target": "model", "quick": args.quick, "results": [r.to_dict() for r in results]}, indent=2))
     else:
@@ -324,8 +329,9 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] + " Ratios measured in the same run; medians of interleaved repeats.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--quick", action="store_true", help="fewer tokens and repeats, no compilation (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats, no compilation (a smoke run)")
     p.add_argument("--only", nargs="+", choices=["generate", "cache", "train"], help="run only these comparisons")
-    p.add_argument("--no-compile", action="store_true", help="train with the eager model instead of torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="measure only eager gptlab (no torch.compile modes)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=None, help=f"torch threads (default: torch's, here {os.cpu_count()} CPUs)")
     p.set_defaults(func=cmd_bench_model)

@@ -112,6 +112,7 @@ def stream_generate(
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
     pad_id: int | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Generate up to ``max_new_tokens`` tokens, yielding a ``[B]`` tensor of new ids at each step.
 
@@ -121,6 +122,9 @@ def stream_generate(
     * ``eos_id``: a sequence that produces it is finished; later steps yield ``pad_id`` for it
       (default ``eos_id``), and the loop stops once every sequence is finished.
     * ``use_cache``: the KV cache (default); without it each step re-reads the whole window.
+    * ``compile``: run decode steps through ``torch.compile`` with frozen weights
+      (:mod:`gptlab.model.compiled`): about 2x faster on CPU after a one-off compilation of
+      seconds to a minute; numerically equivalent up to float rounding, not bit-identical.
     """
     if max_new_tokens < 0:
         raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -144,15 +148,21 @@ def stream_generate(
     if mask is not None:
         full_mask = torch.ones(B, n + max_new_tokens, dtype=torch.long, device=device)
         full_mask[:, :n] = mask.to(device)
-    cache = KVCache.for_model(model, B) if use_cache else None
+    # The cache never needs more than the window, nor more than this call's prompt + new tokens.
+    cache = KVCache.for_model(model, B, max_len=min(ctx, n + max_new_tokens)) if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = None  # per-row position of the next token (only needed with padding)
 
     was_training = model.training
     model.eval()
+    step_model = model
+    if compile and use_cache:
+        from gptlab.model.compiled import compiled_model
+
+        step_model = compiled_model(model)
     try:
         for _ in range(max_new_tokens):
-            if cache is None or cache.length == 0 or cache.length == ctx:
+            if cache is None or cache.length == 0 or cache.length == cache.max_len:
                 # (Re)fill from the window: the last `ctx` tokens, as generation without a cache sees them.
                 start = max(0, n - ctx)
                 window_mask = full_mask[:, start:n] if full_mask is not None else None
@@ -163,9 +173,10 @@ def stream_generate(
                     next_pos = window_mask.sum(dim=1, keepdim=True)
             else:
                 step_mask = full_mask[:, n - cache.length - 1 : n] if full_mask is not None else None
-                logits = model(
-                    seq[:, n - 1 : n], attention_mask=step_mask, kv_cache=cache, position_ids=next_pos, last_only=True
-                )
+                logits = _decode(model, step_model, seq[:, n - 1 : n], step_mask, cache, next_pos)
+                if logits is None:  # compilation failed: carry on eagerly
+                    step_model = model
+                    logits = _decode(model, model, seq[:, n - 1 : n], step_mask, cache, next_pos)
                 if next_pos is not None:
                     next_pos = next_pos + 1
             token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
@@ -179,6 +190,30 @@ def stream_generate(
                 break
     finally:
         model.train(was_training)
+
+
+def _decode(
+    model: torch.nn.Module,
+    step_model,  # noqa: ANN001 - the model or its compiled form
+    token: torch.Tensor,
+    mask: torch.Tensor | None,
+    cache: KVCache,
+    position_ids: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """One decode step; None if ``step_model`` is a compiled model whose compilation failed."""
+    if step_model is model:
+        return model(token, attention_mask=mask, kv_cache=cache, position_ids=position_ids, last_only=True)
+    length = cache.length
+    try:
+        return step_model(token, attention_mask=mask, kv_cache=cache, position_ids=position_ids, last_only=True)
+    except (GptlabError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # inductor/compiler failures surface here, at the first call
+        from gptlab.model.compiled import disable_compiled
+
+        disable_compiled(model, exc)
+        cache.length = length
+        return None
 
 
 def generate(

@@ -25,8 +25,9 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> None:
         shape = (batch_size, n_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # Uninitialised on purpose: attention only ever reads positions < length, all written first.
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.length = 0  # positions filled so far (the same for every layer once a forward pass ends)
 
@@ -40,7 +41,7 @@ class KVCache:
             batch_size,
             cfg.n_heads,
             cfg.head_dim,
-            max_len or cfg.context_length,
+            min(max_len or cfg.context_length, cfg.context_length),
             dtype=weight.dtype,
             device=weight.device,
         )

@@ -16,14 +16,18 @@ from gptlab.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 
 
 def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None, seed: int = 0) -> GPT:
-    """A model from a folder (Hugging Face GPT-2 format), a hub name, or a preset name.
+    """A model from a run folder, a Hugging Face GPT-2 folder, a hub name, or a preset name.
 
-    Order: an existing folder; a hub name (``gpt2`` ... ``gpt2-xl``: pretrained weights, downloaded
+    Order: a folder written by ``gptlab pretrain`` (its best checkpoint); another existing folder; a hub name (``gpt2`` ... ``gpt2-xl``: pretrained weights, downloaded
     into the cache once); another preset name (``gpt-nano`` ...: randomly initialised from ``seed``,
     useful to try the pipeline). The model is returned in eval mode.
     """
     path = Path(spec).expanduser()
     name = str(spec)
+    from gptlab.train.run_dir import is_run_dir, load_run
+
+    if is_run_dir(path):  # a folder written by gptlab pretrain: its best checkpoint
+        return load_run(path, "best", dtype=dtype)[0]
     if path.is_dir() or name in HUB_MODELS:
         return GPT.from_pretrained(spec, dtype=dtype)
     if name in PRESETS:
@@ -40,7 +44,12 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None, seed: 
 def tokenizer_for(spec: str | os.PathLike, model: GPT) -> Tokenizer:
     """GPT-2's tokenizer, unless the model's folder holds its own ``tokenizer.json``."""
     path = Path(spec).expanduser()
-    tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else get_tokenizer("gpt2")
+    from gptlab.train.run_dir import is_run_dir, load_run_tokenizer
+
+    if is_run_dir(path):
+        tok = load_run_tokenizer(path)
+    else:
+        tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else get_tokenizer("gpt2")
     if tok.n_vocab > model.cfg.vocab_size:
         raise GptlabError(
             f"tokenizer has {tok.n_vocab} ids but the model's vocab_size is {model.cfg.vocab_size}"

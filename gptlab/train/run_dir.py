@@ -44,10 +44,19 @@ def checkpoint_dir(run_dir: str | os.PathLike, which: str = "best") -> Path:
     raise GptlabError(f"{run_dir}: no checkpoint for step {step}")
 
 
+def load_run_tokenizer(run_dir: str | os.PathLike):
+    """The tokenizer a run was trained with (its tokenizer.json, or GPT-2's)."""
+    from gptlab.tokenizer import gpt2_tokenizer, load_tokenizer
+
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    ref = saved.get("tokenizer", {})
+    return load_tokenizer(run_dir / ref["file"]) if "file" in ref else gpt2_tokenizer()
+
+
 def load_run(run_dir: str | os.PathLike, which: str = "best", dtype: torch.dtype | None = None):
     """``(model, tokenizer)`` from a run folder, the model in eval mode on the CPU."""
     from gptlab.model import GPT, GPTConfig
-    from gptlab.tokenizer import gpt2_tokenizer, load_tokenizer
     from gptlab.train.checkpoint import load_model_weights
 
     run_dir = Path(run_dir)
@@ -56,8 +65,7 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", dtype: torch.dtype
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     model = GPT(GPTConfig.from_dict(saved["model"]))
     load_model_weights(model, checkpoint_dir(run_dir, which))
-    ref = saved.get("tokenizer", {})
-    tokenizer = load_tokenizer(run_dir / ref["file"]) if "file" in ref else gpt2_tokenizer()
+    tokenizer = load_run_tokenizer(run_dir)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval(), tokenizer

@@ -162,3 +162,26 @@ def test_bf16_model_generates(model):
     assert all(len(row) == 30 for row in out)
     # bf16 rounding may flip a near-tie later on, but the first steps agree with fp32.
     assert [row[:3] for row in out] == [row[:3] for row in model.generate(_prompts(), 3)]
+
+
+@pytest.mark.slow
+def test_compiled_decode_matches_eager(model):
+    prompts = _prompts()
+    assert model.generate(prompts, 30, compile=True) == model.generate(prompts, 30)
+
+
+def test_compile_failure_falls_back_to_eager(model, monkeypatch):
+    import gptlab.model.compiled as compiled
+
+    def broken_compile(module, **kwargs):
+        def fail(*args, **kw):
+            raise RuntimeError("no C++ compiler\nsecond line")
+
+        return fail
+
+    fresh = GPT(CFG).eval()
+    fresh.load_state_dict(model.state_dict())
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        out = fresh.generate(_prompts(), 12, compile=True)
+    assert out == model.generate(_prompts(), 12)
