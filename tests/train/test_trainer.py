@@ -298,3 +298,22 @@ def GPTInit(run_dir: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(saved["train"]["seed"])
     model = GPT(GPTConfig.from_dict(saved["model"]))
     return {k: v for k, v in ckpt.model_state_for_saving(model).items()}
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
+    """A model that cannot compile trains anyway, with a warning, and computes what eager mode does."""
+
+    class Uncompilable:
+        def __init__(self, module):
+            self._orig_mod = module
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Uncompilable(module))
+    with pytest.warns(UserWarning, match="torch.compile failed.*without compilation"):
+        compiled = pretrain(small_cfg(tmp_path / "c", max_steps=4, eval_interval=4, compile=True), progress=False,
+                            log=lambda m: None)
+    eager = pretrain(small_cfg(tmp_path / "e", max_steps=4, eval_interval=4), progress=False, log=lambda m: None)
+    assert compiled.step == 4
+    assert_same_weights(final_weights(tmp_path / "c"), final_weights(tmp_path / "e"))
