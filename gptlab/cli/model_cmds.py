@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the decode step with torch.compile (about 2x faster on CPU after a one-off compilation)")
     g.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow; for comparison)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")
     g.add_argument("--json", action="store_true", help="machine-readable output")
@@ -121,7 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise GptlabError("--prompt: an empty prompt has no token to continue from")
     eos = None if args.ignore_eos else tok.eot_id
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos, seed=args.seed,
-                   use_cache=not args.no_cache)
+                   use_cache=not args.no_cache, compile=args.compile)
     start = time.perf_counter()
     if args.stream:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -155,11 +155,11 @@ def stream_generate(
 
     was_training = model.training
     model.eval()
-    step_model = model
+    compiled_step = None
     if compile and use_cache:
-        from gptlab.model.compiled import compiled_model
+        from gptlab.model.compiled import compiled_decode_step
 
-        step_model = compiled_model(model)
+        compiled_step = compiled_decode_step(model)
     try:
         for _ in range(max_new_tokens):
             if cache is None or cache.length == 0 or cache.length == cache.max_len:
@@ -173,10 +173,14 @@ def stream_generate(
                     next_pos = window_mask.sum(dim=1, keepdim=True)
             else:
                 step_mask = full_mask[:, n - cache.length - 1 : n] if full_mask is not None else None
-                logits = _decode(model, step_model, seq[:, n - 1 : n], step_mask, cache, next_pos)
-                if logits is None:  # compilation failed: carry on eagerly
-                    step_model = model
-                    logits = _decode(model, model, seq[:, n - 1 : n], step_mask, cache, next_pos)
+                logits = None
+                if compiled_step is not None:
+                    logits = _compiled_decode(model, compiled_step, seq[:, n - 1 : n], step_mask, cache, next_pos)
+                    if logits is None:  # compilation failed: carry on eagerly
+                        compiled_step = None
+                if logits is None:
+                    logits = model(seq[:, n - 1 : n], attention_mask=step_mask, kv_cache=cache,
+                                   position_ids=next_pos, last_only=True)
                 if next_pos is not None:
                     next_pos = next_pos + 1
             token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
@@ -192,23 +196,21 @@ def stream_generate(
         model.train(was_training)
 
 
-def _decode(
+def _compiled_decode(
     model: torch.nn.Module,
-    step_model,  # noqa: ANN001 - the model or its compiled form
+    step,  # noqa: ANN001 - from compiled_decode_step
     token: torch.Tensor,
     mask: torch.Tensor | None,
     cache: KVCache,
     position_ids: torch.Tensor | None,
 ) -> torch.Tensor | None:
-    """One decode step; None if ``step_model`` is a compiled model whose compilation failed."""
-    if step_model is model:
-        return model(token, attention_mask=mask, kv_cache=cache, position_ids=position_ids, last_only=True)
+    """One compiled decode step; None if compilation failed (it fails on the first call, before running)."""
     length = cache.length
     try:
-        return step_model(token, attention_mask=mask, kv_cache=cache, position_ids=position_ids, last_only=True)
+        return step(token, mask, cache, position_ids)
     except (GptlabError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # inductor/compiler failures surface here, at the first call
+    except Exception as exc:  # inductor/compiler failures surface here
         from gptlab.model.compiled import disable_compiled
 
         disable_compiled(model, exc)

@@ -277,23 +277,6 @@ def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = True) -> 
     )
 
 
-def _largest_copied_tensor(weights, stored: dict[str, str], expected: dict[str, torch.Tensor], dtype) -> int:  # noqa: ANN001
-    """Bytes of the largest stored tensor that needs a transpose or dtype conversion."""
-    largest = 0
-    for name, meta in expected.items():
-        try:
-            hf, transposed = hf_name(name)
-        except KeyError:
-            continue
-        key = stored.get(hf)
-        if key is None:
-            continue
-        stored_dtype = weights.dtype(key)
-        if transposed or (dtype is not None and dtype != stored_dtype):
-            largest = max(largest, meta.numel() * stored_dtype.itemsize)
-    return largest
-
-
 def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, download: bool = True) -> GPT:
     """Build a :class:`GPT` from a Hugging Face GPT-2 folder or hub name (``gpt2`` ... ``gpt2-xl``).
 
@@ -336,11 +319,11 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
         if not transposed and target == stored_dtype:
             state[name] = weights.read(key)  # straight from the file into the tensor the model keeps
         else:
-            # Transposing or converting needs the raw bytes somewhere first: one reused scratch buffer,
-            # so the allocator is not left with a hole per tensor.
+            # Transposing or converting needs the raw bytes somewhere first: one reused scratch buffer
+            # (grown to the largest such tensor), so the allocator is not left with a hole per tensor.
             nbytes = meta.numel() * stored_dtype.itemsize
             if scratch is None or scratch.numel() < nbytes:
-                scratch = torch.empty(_largest_copied_tensor(weights, stored, expected, dtype), dtype=torch.uint8)
+                scratch = torch.empty(nbytes, dtype=torch.uint8)
             raw = weights.read(key, scratch)
             state[name] = torch.empty(meta.shape, dtype=target).copy_(raw.t() if transposed else raw)
         used.add(hf)

@@ -173,7 +173,7 @@ def test_compiled_decode_matches_eager(model):
 def test_compile_failure_falls_back_to_eager(model, monkeypatch):
     import gptlab.model.compiled as compiled
 
-    def broken_compile(module, **kwargs):
+    def broken_compile(fn, **kwargs):
         def fail(*args, **kw):
             raise RuntimeError("no C++ compiler\nsecond line")
 
@@ -182,6 +182,20 @@ def test_compile_failure_falls_back_to_eager(model, monkeypatch):
     fresh = GPT(CFG).eval()
     fresh.load_state_dict(model.state_dict())
     monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    monkeypatch.setattr(compiled, "_compiled", None)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         out = fresh.generate(_prompts(), 12, compile=True)
     assert out == model.generate(_prompts(), 12)
+    assert fresh.generate(_prompts(), 12, compile=True) == out  # remembered: no second attempt, no warning
+
+
+@pytest.mark.slow
+def test_compiled_decode_sees_weight_updates(model):
+    """Frozen weights must not outlive a change to the parameters (e.g. training between samples)."""
+    m = GPT(CFG).eval()
+    m.load_state_dict(model.state_dict())
+    prompts = _prompts()
+    assert m.generate(prompts, 8, compile=True) == m.generate(prompts, 8)
+    with torch.no_grad():
+        m.out_head.weight.mul_(-1)  # flips which tokens are likely
+    assert m.generate(prompts, 8, compile=True) == m.generate(prompts, 8)
