@@ -34,13 +34,13 @@ FAST_CHAR = dict(
     preset="gpt-nano",
     model=dict(emb_dim=128, n_heads=4, n_layers=4, context_length=64, drop_rate=0.0),
     block_size=64,
-    batch_size=32,
-    lr=3e-3,
-    min_lr=3e-4,
+    batch_size=64,
+    lr=4e-3,
+    min_lr=4e-4,
     warmup_steps=50,
     beta2=0.99,
-    max_steps=1200,
-    eval_interval=100,
+    max_steps=500,
+    eval_interval=50,
 )
 
 

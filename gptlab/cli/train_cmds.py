@@ -132,5 +132,11 @@ def _export(args: argparse.Namespace) -> int:
     model.save_pretrained(out)
     if getattr(tokenizer, "name", "") != "gpt2":
         tokenizer.save(out / "tokenizer.json")
+        # GPT-2's config names 50256 as its begin/end token; a run's own vocabulary has its own (or none).
+        from gptlab.io import atomic_write_text
+
+        hf_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eot_id
+        atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
     print(f"wrote {out} from {checkpoint_dir(args.run_dir, args.checkpoint)}")
     return 0

@@ -39,6 +39,7 @@ def test_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
     assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     model, tok = load_run(run)
+    assert hf.config.eos_token_id == tok.eot_id == 299  # the run's own end-of-text id, not GPT-2's 50256
     x = torch.tensor([tok.encode("I had always thought Jack Gisburn")])
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, model(x), atol=1e-5)
