@@ -73,8 +73,9 @@ def _tiktoken_gpt2():
     )
 
 
-def _hf_train(text: str, vocab_size: int):
-    """Train HF's BPE like ours: GPT-2 regex split, byte-level alphabet, ``<|endoftext|>``, min_frequency 2."""
+def hf_bpe_trainer(vocab_size: int):
+    """HF ``tokenizers`` set up to train BPE like ours: GPT-2 regex split, byte-level alphabet,
+    ``<|endoftext|>``, min_frequency 2. Returns ``(tokenizer, trainer)``; also used by the tests."""
     from tiktoken_ext.openai_public import r50k_pat_str
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
@@ -92,6 +93,12 @@ def _hf_train(text: str, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    return tok, trainer
+
+
+def _hf_train(text: str, vocab_size: int):
+    """Seconds HF's BpeTrainer takes on ``text``, and the vocabulary size it reached."""
+    tok, trainer = hf_bpe_trainer(vocab_size)
     start = time.perf_counter()
     tok.train_from_iterator([text], trainer=trainer)
     return time.perf_counter() - start, tok.get_vocab_size()

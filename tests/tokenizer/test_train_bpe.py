@@ -215,23 +215,9 @@ def test_streamed_chunks_give_the_same_tokenizer_as_the_joined_text(shakespeare)
 # ----------------------------------------------------------------------------- against HF tokenizers
 def _hf_merges(text: str, vocab_size: int) -> list[bytes]:
     """The token each of HF BpeTrainer's merges makes, on GPT-2's pre-tokenization (bytes)."""
-    from tiktoken_ext.openai_public import r50k_pat_str
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from gptlab.bench.tokenizer import hf_bpe_trainer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r50k_pat_str), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[ENDOFTEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    tok, trainer = hf_bpe_trainer(vocab_size)
     tok.train_from_iterator([text], trainer=trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
