@@ -1,0 +1,31 @@
+"""The model benchmark's bookkeeping (the measurements themselves live in ``gptlab bench model``)."""
+
+from __future__ import annotations
+
+from gptlab.bench.model import Result, _interleaved, format_table
+
+
+def test_contenders_alternate_after_warmup():
+    calls: list[str] = []
+
+    def make(name: str, value: float):
+        def run() -> float:
+            calls.append(name)
+            return value
+
+        return run
+
+    samples = _interleaved({"a": make("a", 1.0), "b": make("b", 2.0)}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert samples == {"a": [1.0] * 3, "b": [2.0] * 3}
+
+
+def test_ratio_target_and_table():
+    r = Result("generate batch 1", "tokens/s", 90.0, 60.0, "gptlab bf16", "transformers bf16", 1.5)
+    assert r.ratio == 1.5 and r.met
+    slow = Result("train step fp32", "tokens/s", 120.0, 100.0, "gptlab", "transformers fp32", 1.3)
+    assert not slow.met
+    table = format_table([r, slow]).splitlines()
+    assert "1.50x" in table[1] and "yes" in table[1]
+    assert "1.20x" in table[2] and "NO" in table[2]
+    assert slow.to_dict()["met"] is False and slow.to_dict()["ratio"] == 1.2
