@@ -253,6 +253,15 @@ def bench_training(directory: str, repeats: int, compile_model: bool) -> list[Re
         "transformers fp32": _train_rate(hf_step),
         f"{label} bf16 autocast": _train_rate(lambda: our_step(True)),
     }
+    if compile_model:
+        # For the record: the same model without torch.compile (transformers runs eagerly too).
+        def eager_step() -> None:
+            _, loss = ours(inputs, targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        contenders["gptlab eager fp32"] = _train_rate(eager_step)
     samples = _interleaved(contenders, repeats)
     ours32, ours16, ref = (_median(samples[k]) for k in (f"{label} fp32", f"{label} bf16 autocast", "transformers fp32"))
     note = f"forward + backward + fused AdamW, batch {TRAIN_BATCH} x {TRAIN_SEQ} tokens, dropout 0.1"
@@ -305,6 +314,14 @@ def format_table(results: list[Result]) -> str:
             f"{r.name:<26}{r.ours:>10.1f}{r.reference:>11.1f}{r.ratio:>7.2f}x{r.target:>7.1f}x  "
             f"{'yes' if r.met else 'NO ':<4} ({r.ours_label} / {r.reference_label}, {r.unit})"
         )
+    lines.append("medians of every contender:")
+    seen: set[int] = set()
+    for r in results:
+        if id(r.samples) in seen:  # the two training comparisons share one set of runs
+            continue
+        seen.add(id(r.samples))
+        for name, values in r.samples.items():
+            lines.append(f"  {r.name:<24}{name:<32}{_median(values):>10.1f} {r.unit}")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,20 +70,37 @@ def _etag(value: str | None) -> str | None:
     return value.strip().removeprefix("W/").strip('"').lower()
 
 
-def remote_info(url: str) -> RemoteFile:
-    """HEAD ``url`` without following redirects and read size and hashes from the headers."""
+def _head(url: str):  # noqa: ANN202
+    """Headers of a HEAD request that does not follow redirects, and the redirect target (or None)."""
     opener = urllib.request.build_opener(_NoRedirect)
     request = urllib.request.Request(url, method="HEAD", headers={"Accept-Encoding": "identity"})
     try:
         response = opener.open(request, timeout=_TIMEOUT_S)
-        headers = response.headers
+        return response.headers, None
     except urllib.error.HTTPError as exc:
         if exc.code not in (301, 302, 303, 307, 308):
             raise
-        headers = exc.headers
+        return exc.headers, exc.headers.get("Location")
+
+
+def remote_info(url: str) -> RemoteFile:
+    """Size and hashes of the file at ``url``, from the hub's response headers.
+
+    A large (LFS) file answers with a redirect to a storage host that carries ``X-Linked-Size`` and
+    ``X-Linked-Etag``; that first response is the one to read. A redirect within the hub (a renamed
+    repository, a cache path) is followed, as ``huggingface_hub`` does.
+    """
+    for _ in range(5):
+        headers, location = _head(url)
+        if location is None or headers.get("X-Linked-Etag") or headers.get("X-Linked-Size"):
+            break
+        target = urllib.parse.urljoin(url, location)
+        if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
+            break  # a storage host: the hub's headers are all we get
+        url = target
     linked = _etag(headers.get("X-Linked-Etag"))
     etag = _etag(headers.get("ETag"))
-    size = headers.get("X-Linked-Size") or (None if linked else headers.get("Content-Length"))
+    size = headers.get("X-Linked-Size") or (None if linked or location else headers.get("Content-Length"))
     info = RemoteFile(size=int(size) if size else None)
     if linked and re.fullmatch(r"[0-9a-f]{64}", linked):
         info.sha256 = linked
