@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA adapters, classification and instruction fine-tuning, prompt styles."""
