@@ -1,1 +1,1 @@
-"""Fine-tuning: LoRA adapters, classification and instruction fine-tuning, prompt styles."""
+"""Fine-tuning: LoRA adapters (:mod:`gptlab.finetune.lora`), classification and instruction tuning."""
