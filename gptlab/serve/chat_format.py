@@ -1,0 +1,87 @@
+"""Chat messages to a prompt: the model's own prompt style when it has one, a plain format otherwise.
+
+A fine-tuned model folder carries ``prompt_style.json`` (:mod:`gptlab.finetune.prompts`); chats are
+then formatted exactly as the model was trained. A model without one (a pretrained or base model) gets
+a neutral transcript::
+
+    System text (if any)
+
+    User: first message
+    Assistant: first answer
+    User: second message
+    Assistant:
+
+whose answers end where the model starts a new ``User:`` line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gptlab.errors import GptlabError
+
+
+class ChatFormat(Protocol):
+    """What serving needs of a prompt style: messages to a prompt, and the strings that end an answer."""
+
+    name: str
+    stop: tuple[str, ...]
+
+    def format_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt for ``messages``, ending where the assistant's answer starts."""
+        ...
+
+
+@dataclass(frozen=True)
+class PlainChat:
+    """The fallback "User:/Assistant:" transcript for models without a prompt style."""
+
+    name: str = "plain"
+    stop: tuple[str, ...] = ("\nUser:", "\nAssistant:")
+
+    def format_chat(self, messages: list[dict[str, Any]]) -> str:
+        """Format ``messages`` (``role`` system/user/assistant, string ``content``); the last must be the user's."""
+        if not isinstance(messages, list) or not messages:
+            raise GptlabError("messages: expected a non-empty list of {role, content} objects")
+        lines: list[str] = []
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise GptlabError(f"messages[{i}]: expected an object with role and content")
+            role, content = msg.get("role"), msg.get("content")
+            if not isinstance(content, str):
+                raise GptlabError(f"messages[{i}].content: expected a string")
+            if role == "system":
+                lines.append(content.strip() + "\n")
+            elif role == "user":
+                lines.append(f"User: {content.strip()}")
+            elif role == "assistant":
+                lines.append(f"Assistant: {content.strip()}")
+            else:
+                raise GptlabError(f"messages[{i}].role: expected 'system', 'user' or 'assistant', got {role!r}")
+        if messages[-1].get("role") != "user":
+            raise GptlabError("messages: the last message must be from the user")
+        return "\n".join(lines) + "\nAssistant:"
+
+
+def chat_format_for(model_dir: str | os.PathLike | None, style: str | None = None) -> ChatFormat:
+    """The chat format for a model: ``style`` if given (a name or template), else the folder's saved style, else plain.
+
+    :mod:`gptlab.finetune.prompts` is imported lazily, so serving works without it.
+    """
+    try:
+        from gptlab.finetune import prompts
+    except ImportError:
+        prompts = None  # type: ignore[assignment]
+    if style:
+        if style == "plain":
+            return PlainChat()
+        if prompts is None:
+            raise GptlabError(f"--style {style!r}: prompt styles need gptlab.finetune.prompts, which is not installed")
+        return prompts.get_style(style)
+    if prompts is not None and model_dir is not None and os.path.isdir(model_dir):
+        found = prompts.load_style(model_dir)
+        if found is not None:
+            return found
+    return PlainChat()

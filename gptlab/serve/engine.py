@@ -1,0 +1,350 @@
+"""Continuous batching: one scheduler thread decodes every active request together.
+
+Requests arrive from any thread (:meth:`Engine.submit`) and wait in a queue. The scheduler loop:
+
+1. admits waiting requests while slots are free: each prompt is *prefilled* on its own (one forward
+   pass over the prompt into a batch-1 :class:`~gptlab.model.KVCache`), its first token is sampled,
+   and its keys/values join the shared :class:`~gptlab.serve.slots.SlotCache`;
+2. runs one decode step for all active rows at once (one forward pass, one new token per row);
+3. samples each row with its own settings (temperature, top_p, its own seeded generator), turns the
+   token into text (stop strings, EOS, max_tokens), and frees the rows that finished or whose client
+   went away.
+
+So a request never waits for another to finish, only for the current step; and the model reads its
+weights once per step for all rows, which is where the throughput of batching comes from. A request's
+greedy output is the same as :func:`gptlab.model.generate` gives for it alone (tested), and a seeded
+request samples the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import random
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.model.generate import sample_next
+from gptlab.model.kv_cache import KVCache
+from gptlab.serve.slots import SlotCache
+from gptlab.serve.text import TextStream
+from gptlab.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded. ``temperature`` 0 is greedy; ``top_p`` 1 keeps the whole distribution."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Event:
+    """What a request's queue receives: ``text`` pieces, then one ``done`` (or ``error``)."""
+
+    kind: str  # "text", "done" or "error"
+    tag: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence being generated. Read :attr:`events`; call :meth:`cancel` to give up on it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    events: queue.Queue
+    tag: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    tokens: list[int] = field(default_factory=list)  # generated ids (EOS not included)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+    _stream: TextStream | None = None
+    _generator: torch.Generator | None = None
+
+    def cancel(self) -> None:
+        """Stop generating (e.g. the client disconnected); the slot is freed before the next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled.is_set()
+
+
+class Engine:
+    """Serve ``model`` to many concurrent requests with up to ``max_batch`` sequences decoded together."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        max_batch: int = 8,
+        eos_id: int | None = -1,
+    ) -> None:
+        if max_batch < 1:
+            raise GptlabError(f"max_batch must be a positive integer, got {max_batch}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.context_length = model.cfg.context_length
+        self.max_batch = max_batch
+        self.eos_id = tokenizer.eot_id if eos_id == -1 else eos_id
+        self.device = next(model.parameters()).device
+        self.cache = SlotCache.for_model(model, max_batch)
+        self._rows: list[Request] = []  # row r of the cache belongs to self._rows[r]
+        self._pending: list[int] = []  # the token each row feeds at the next step
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.requests_done = 0
+        self.tokens_generated = 0
+        self.steps = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Engine:
+        """Start the scheduler thread (idempotent); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="gptlab-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler after the current step; unfinished requests get an ``error`` event."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._fail_all("the server is shutting down")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduler thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``/health``: active rows, waiting requests, slots, totals."""
+        return {
+            "active": len(self._rows),
+            "waiting": len(self._waiting),
+            "slots": self.max_batch,
+            "requests_done": self.requests_done,
+            "tokens_generated": self.tokens_generated,
+            "steps": self.steps,
+        }
+
+    # ------------------------------------------------------------------ requests
+
+    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
+        """Raise :class:`GptlabError` unless a prompt of ``n_prompt`` tokens plus ``max_tokens`` fits the context."""
+        if n_prompt < 1:
+            raise GptlabError("the prompt has no tokens")
+        if max_tokens < 1:
+            raise GptlabError(f"max_tokens must be >= 1, got {max_tokens}")
+        if n_prompt + max_tokens > self.context_length:
+            raise GptlabError(
+                f"this model's maximum context length is {self.context_length} tokens, but "
+                f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, {max_tokens} for the "
+                "completion); shorten the prompt or lower max_tokens"
+            )
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        events: queue.Queue | None = None,
+        tag: int = 0,
+    ) -> Request:
+        """Queue a request; its :class:`Event` s arrive on ``events`` (a new queue by default), tagged ``tag``."""
+        prompt = [int(t) for t in prompt]
+        self.check_fits(len(prompt), params.max_tokens)
+        if self.error is not None or (self._thread is not None and not self.alive):
+            raise RuntimeError("the generation engine has stopped")
+        req = Request(prompt, params, events if events is not None else queue.Queue(), tag)
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        req._generator = torch.Generator(device=self.device).manual_seed(seed)
+        req._stream = TextStream(self.tokenizer, params.stop)
+        with self._cv:
+            self._waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[Event]:
+        """Submit and yield the request's events until it is done (cancels it if the caller stops early)."""
+        req = self.submit(prompt, params)
+        try:
+            while True:
+                event = req.events.get()
+                yield event
+                if event.kind != "text":
+                    return
+        finally:
+            if req.finish_reason is None:
+                req.cancel()
+
+    def complete(self, prompt: Sequence[int], params: SamplingParams) -> tuple[str, Event]:
+        """Submit and wait: the whole text and the final event."""
+        parts: list[str] = []
+        for event in self.stream(prompt, params):
+            if event.kind == "text":
+                parts.append(event.text)
+            else:
+                return "".join(parts), event
+        raise RuntimeError("request ended without a final event")  # pragma: no cover
+
+    # ------------------------------------------------------------------ the scheduler
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cv:
+                        while not self._stopping and not self._waiting and not self._rows:
+                            self._cv.wait()
+                        if self._stopping:
+                            return
+                        admitted = []
+                        while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
+                            admitted.append(self._waiting.popleft())
+                    self._drop_cancelled()
+                    for req in admitted:
+                        if req.cancelled:
+                            self._finish(req, "cancelled")
+                        else:
+                            self._prefill(req)
+                    if self._rows:
+                        self._decode_step()
+        except BaseException as exc:  # a bug or an out-of-memory: fail every request, say why once
+            self.error = exc
+            print(f"gptlab serve: the generation engine stopped: {exc!r}", file=sys.stderr)
+            traceback.print_exc()
+            self._fail_all(f"the generation engine stopped: {exc}")
+
+    def _prefill(self, req: Request) -> None:
+        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
+        tmp = KVCache.for_model(self.model, 1, max_len=len(req.prompt))
+        logits = self.model(ids, kv_cache=tmp, last_only=True)[:, -1, :]
+        token = self._sample([req], logits)[0]
+        if self._emit(req, token):
+            return  # finished on its first token: never needs a slot
+        self.cache.add(tmp)
+        self._rows.append(req)
+        self._pending.append(token)
+
+    def _decode_step(self) -> None:
+        cache = self.cache
+        cache.make_room()
+        tokens = torch.tensor(self._pending, dtype=torch.long, device=self.device).unsqueeze(1)
+        logits = self.model(tokens, attention_mask=cache.step_mask(), kv_cache=cache,
+                            position_ids=cache.step_positions(), last_only=True)[:, -1, :]
+        self.steps += 1
+        new = self._sample(self._rows, logits)
+        done = []
+        for r, (req, token) in enumerate(zip(self._rows, new)):
+            self._pending[r] = token
+            if self._emit(req, token):
+                done.append(r)
+        for r in reversed(done):  # highest first: the row moved into r is always a live one
+            self._remove_row(r)
+
+    def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
+        """One token per row: a batched argmax for greedy rows, each sampled row with its own generator."""
+        out: list[int] = [0] * len(reqs)
+        greedy = [r for r, req in enumerate(reqs) if req.params.temperature <= 0.0]
+        if greedy:
+            best = logits.argmax(dim=-1).tolist()
+            for r in greedy:
+                out[r] = best[r]
+        for r, req in enumerate(reqs):
+            p = req.params
+            if p.temperature > 0.0:
+                out[r] = int(sample_next(logits[r : r + 1], p.temperature, None, p.top_p, req._generator)[0])
+        return out
+
+    def _emit(self, req: Request, token: int) -> bool:
+        """Account for one new token of ``req``; returns True when the request is finished."""
+        req.completion_tokens += 1
+        self.tokens_generated += 1
+        if req.cancelled:
+            self._finish(req, "cancelled")
+            return True
+        if token == self.eos_id and not req.params.ignore_eos:
+            self._finish(req, "stop")
+            return True
+        req.tokens.append(token)
+        text = req._stream.feed(token)
+        if text:
+            req.events.put(Event("text", req.tag, text))
+        if req._stream.stopped:
+            self._finish(req, "stop")
+            return True
+        if req.completion_tokens >= req.params.max_tokens:
+            self._finish(req, "length")
+            return True
+        return False
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        if reason != "cancelled":
+            tail = req._stream.finish()
+            if tail:
+                req.events.put(Event("text", req.tag, tail))
+        self.requests_done += 1
+        req.events.put(Event("done", req.tag, finish_reason=reason, prompt_tokens=len(req.prompt),
+                             completion_tokens=req.completion_tokens))
+
+    def _drop_cancelled(self) -> None:
+        for r in range(len(self._rows) - 1, -1, -1):
+            if self._rows[r].cancelled:
+                self._finish(self._rows[r], "cancelled")
+                self._remove_row(r)
+
+    def _remove_row(self, r: int) -> None:
+        moved = self.cache.remove(r)
+        if moved is not None:
+            self._rows[r] = self._rows[moved]
+            self._pending[r] = self._pending[moved]
+        self._rows.pop()
+        self._pending.pop()
+
+    def _fail_all(self, message: str) -> None:
+        with self._cv:
+            pending = list(self._waiting) + list(self._rows)
+            self._waiting.clear()
+        for req in pending:
+            if req.finish_reason is None:
+                req.finish_reason = "error"
+                req.events.put(Event("error", req.tag, text=message))
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; returns its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
