@@ -121,6 +121,8 @@ class Engine:
         self.requests_done = 0
         self.tokens_generated = 0
         self.steps = 0
+        self.cancelled = 0
+        self.peak_batch = 0  # most rows decoded in one step
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,6 +156,8 @@ class Engine:
             "requests_done": self.requests_done,
             "tokens_generated": self.tokens_generated,
             "steps": self.steps,
+            "cancelled": self.cancelled,
+            "peak_batch": self.peak_batch,
         }
 
     # ------------------------------------------------------------------ requests
@@ -261,6 +265,7 @@ class Engine:
         logits = self.model(tokens, attention_mask=cache.step_mask(), kv_cache=cache,
                             position_ids=cache.step_positions(), last_only=True)[:, -1, :]
         self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(self._rows))
         new = self._sample(self._rows, logits)
         done = []
         for r, (req, token) in enumerate(zip(self._rows, new)):
@@ -308,7 +313,9 @@ class Engine:
 
     def _finish(self, req: Request, reason: str) -> None:
         req.finish_reason = reason
-        if reason != "cancelled":
+        if reason == "cancelled":
+            self.cancelled += 1
+        else:
             tail = req._stream.finish()
             if tail:
                 req.events.put(Event("text", req.tag, tail))

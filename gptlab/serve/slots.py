@@ -52,6 +52,7 @@ class SlotCache:
         self.max_len = max_len
         self.n = 0  # active rows (packed at 0 .. n-1)
         self.width = 0  # shared width W: every active row's positions end here
+        self.shifts = {"right": 0, "left": 0}  # how often rows were moved (for tests and diagnostics)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, slots: int) -> SlotCache:
@@ -156,6 +157,7 @@ class SlotCache:
         n, w = self.n, self.width
         new_w = w + d
         if n:
+            self.shifts["right" if d > 0 else "left"] += 1
             lo = max(0, -d)  # source range [lo, w) -> [lo + d, new_w)
             for buf in (*self.keys, *self.values):
                 buf[:n, :, lo + d : new_w] = buf[:n, :, lo:w].clone()
