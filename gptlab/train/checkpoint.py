@@ -97,12 +97,14 @@ def save_checkpoint(
     meta: dict,
     keep_last: int = 2,
     best: bool = False,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` and, if ``best``, mark it best.
 
     ``state`` is anything weights_only-loadable (optimizer state dict, data position, RNG states);
     ``meta`` is JSON-serialisable. The best checkpoint is kept as a separate folder ``best/`` (a copy),
-    so pruning old steps never removes it.
+    so pruning old steps never removes it. ``weights``, when given, is written as the model's
+    weights instead of ``model``'s own state dict (a fine-tuning task's merged export).
     """
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,8 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        save_file(model_state_for_saving(model), str(tmp / "model.safetensors"))
+        tensors = model_state_for_saving(model) if weights is None else weights
+        save_file(tensors, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them

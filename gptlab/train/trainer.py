@@ -37,6 +37,7 @@ from gptlab.train.distributed import DistInfo, all_reduce_mean, broadcast_flag, 
 from gptlab.train.metrics import MetricsLog, plot_curves
 from gptlab.train.optim import make_adamw
 from gptlab.train.schedule import lr_at
+from gptlab.train.task import TrainTask, load_trainable_state, trainable_state
 
 # Settings that define *what* is trained; a resume must not change them (stop conditions, evaluation
 # cadence and hardware may change).
@@ -203,10 +204,12 @@ def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]
 class _Run:
     """State of one training process (one rank). Use :func:`pretrain`."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path | None, resuming: bool, progress: bool, log):
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None, resuming: bool, progress: bool, log,
+                 task: TrainTask | None = None):
         from gptlab.model import GPT, GPTConfig
 
         self.cfg = cfg
+        self.task = task
         self.log = log
         self.progress = progress
         self.device = pick_device(cfg.device)
@@ -222,20 +225,28 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed + self.info.rank)
 
-        self.data = _prepare_data(cfg, self.run_dir, self.info, log)
-        self.tokenizer = self.data.tokenizer()
-        model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=self.data.n_vocab, **cfg.model)
+        if task is not None:  # fine-tuning: the task brings the model, tokenizer and batches
+            self.data = None
+            self.tokenizer = task.tokenizer
+            torch.manual_seed(cfg.seed)  # adapters initialise identically on every rank and on resume
+            self.model = task.build_model()
+            model_cfg = self.model.cfg
+        else:
+            self.data = _prepare_data(cfg, self.run_dir, self.info, log)
+            self.tokenizer = self.data.tokenizer()
+            model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=self.data.n_vocab, **cfg.model)
         self.block = cfg.block_size or model_cfg.context_length
         if self.block > model_cfg.context_length:
             raise GptlabError(f"block_size {self.block} exceeds the model's context_length {model_cfg.context_length}")
         self.model_cfg = model_cfg
-        # Same initial weights on every rank: seed the init identically, then offset per rank for dropout.
-        torch.manual_seed(cfg.seed)
-        self.model = GPT(model_cfg)
-        if cfg.init == "torch":
-            for module in self.model.modules():
-                if module is not self.model and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+        if task is None:
+            # Same initial weights on every rank: seed the init identically, then offset per rank for dropout.
+            torch.manual_seed(cfg.seed)
+            self.model = GPT(model_cfg)
+            if cfg.init == "torch":
+                for module in self.model.modules():
+                    if module is not self.model and hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
         self.model = self.model.to(self.device)
         torch.manual_seed(cfg.seed + self.info.rank)
 
@@ -243,7 +254,9 @@ class _Run:
         world_tokens = tokens_per_micro * self.info.world_size
         self.accum = max(1, math.ceil(cfg.global_batch_tokens / world_tokens)) if cfg.global_batch_tokens else 1
         self.tokens_per_step = world_tokens * self.accum
-        if cfg.sampling == "epoch":
+        if task is not None:
+            self.sampler = task.sampler
+        elif cfg.sampling == "epoch":
             self.sampler = EpochWindows(
                 self.data.train.tokens, self.block, cfg.batch_size, cfg.seed, cfg.stride or self.block,
                 rank=self.info.rank, world_size=self.info.world_size,
@@ -256,11 +269,14 @@ class _Run:
         # The evaluation windows depend on the global batch only, so a run on N processes evaluates the
         # same windows as one process with the same global batch (every rank evaluates all of them).
         eval_batch = cfg.batch_size * self.info.world_size
-        self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, eval_batch)
-        self.train_eval_batches = (
-            eval_windows(self.data.train.tokens, self.block, cfg.eval_train_batches, eval_batch)
-            if cfg.eval_train_batches else []
-        )
+        if task is not None:
+            self.val_batches, self.train_eval_batches = task.val_batches, task.train_eval_batches
+        else:
+            self.val_batches = eval_windows(self.data.val.tokens, self.block, cfg.eval_batches, eval_batch)
+            self.train_eval_batches = (
+                eval_windows(self.data.train.tokens, self.block, cfg.eval_train_batches, eval_batch)
+                if cfg.eval_train_batches else []
+            )
 
         self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(self.device))
@@ -298,7 +314,7 @@ class _Run:
         if cfg.max_tokens:
             plans.append(math.ceil(cfg.max_tokens / self.tokens_per_step))
         if cfg.epochs:
-            if isinstance(self.sampler, EpochWindows):
+            if hasattr(self.sampler, "batches_per_epoch"):  # EpochWindows or a task's sampler
                 plans.append(math.ceil(cfg.epochs * self.sampler.batches_per_epoch / self.accum))
             else:
                 plans.append(math.ceil(cfg.epochs * len(self.data.train) / self.tokens_per_step))
@@ -322,6 +338,8 @@ class _Run:
             "grad_accum": self.accum,
             "precision": "bf16-autocast" if self.use_bf16 else "fp32",
         }
+        if self.task is not None:
+            payload["task"] = {"name": self.task.name, **self.task.run_info}
         atomic_write_text(self.run_dir / "config.json", json.dumps(payload, indent=2))
 
     def _restore(self) -> None:
@@ -334,8 +352,13 @@ class _Run:
         if saved.get("world_size", 1) != self.info.world_size and self.cfg.sampling == "random":
             self.log(f"note: resuming a {saved.get('world_size')}-process run on {self.info.world_size}; "
                      f"the data order will differ from the original")
-        ckpt.load_model_weights(self.model, latest.path)
         state = ckpt.load_state(latest.path)
+        if self.task is not None and self.task.export_weights is not None:
+            # model.safetensors holds exported (e.g. merged) weights; the base comes from build_model()
+            # and only the trainable tensors were saved, so resuming is exact.
+            load_trainable_state(self.model, state["trainable"])
+        else:
+            ckpt.load_model_weights(self.model, latest.path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"][min(self.info.rank, len(state["sampler"]) - 1)])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
@@ -354,8 +377,10 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
+        self._step_tokens = 0
         for micro in range(self.accum):
             x, y = self.sampler.next()
+            self._step_tokens += x.numel() * self.info.world_size  # a task's batches vary in length
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             sync = self.info.enabled and micro < self.accum - 1
             ctx = self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else nullcontext()
@@ -411,7 +436,7 @@ class _Run:
                 logits = self.model(x.to(self.device))
             y = y.to(self.device).flatten()
             total += F.cross_entropy(logits.float().flatten(0, 1), y, reduction="sum").item()
-            count += y.numel()
+            count += int((y != -100).sum())  # fine-tuning targets mark padding (and prompts) with -100
         self.model.train()
         return total / count
 
@@ -419,8 +444,8 @@ class _Run:
         prompt = self.cfg.sample_prompt
         if prompt:
             ids = self.tokenizer.encode(prompt, allowed_special="all")
-        elif self.tokenizer.eot_id is not None:
-            ids = [self.tokenizer.eot_id]
+        elif self.tokenizer.eot_id is not None or self.data is None:
+            ids = [self.tokenizer.eot_id or 0]
         else:
             ids = [int(self.data.val.tokens[0])]
         self.model.eval()
@@ -447,9 +472,14 @@ class _Run:
             "best_val": self.best_val,
             "total_steps": self.total_steps,
         }
+        weights = None
+        if self.task is not None and self.task.export_weights is not None:
+            state["trainable"] = trainable_state(self.model)
+            weights = self.task.export_weights(self.model)
         if self.info.is_main:
             meta = {"tokens": self.tokens, "val_loss": val_loss, "elapsed": round(self.elapsed, 3)}
-            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, meta, self.cfg.keep_last, best=best)
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, meta, self.cfg.keep_last, best=best,
+                                 weights=weights)
 
     def _gather_objects(self, obj) -> list:
         """Every rank's copy of ``obj`` (rank order), so a resumed rank gets back exactly its own."""
@@ -471,7 +501,7 @@ class _Run:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
-                       file=sys.stderr, desc="pretrain")
+                       file=sys.stderr, desc=self.task.name if self.task else "pretrain")
         if self.step == 0:
             self._eval_and_log(None, on_eval, bar, save=False)
         window_losses: list[float] = []
@@ -488,7 +518,7 @@ class _Run:
                 loss = self._train_step(lr)
                 window_losses.append(loss)
                 self.step += 1
-                self.tokens += self.tokens_per_step
+                self.tokens += self._step_tokens  # = tokens_per_step when pretraining
                 self.elapsed = time.perf_counter() - start
                 if budget and not (cfg.max_steps or cfg.max_tokens or cfg.epochs):
                     # Time-budget runs: plan the cosine from measured step times (after a warm-up step).
@@ -502,7 +532,7 @@ class _Run:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}",
-                                    tok_s=f"{self.tokens_per_step * self.step / max(self.elapsed, 1e-9):,.0f}")
+                                    tok_s=f"{self.tokens / max(self.elapsed, 1e-9):,.0f}")
                 time_up = broadcast_flag(bool(budget) and self.elapsed >= budget, self.info, self.device)
                 done = time_up or (self.total_steps and self.step >= self.total_steps)
                 if self.step % cfg.eval_interval == 0 or done:
@@ -601,12 +631,15 @@ def pretrain(
     progress: bool = True,
     on_eval: Callable[[dict], bool | None] | None = None,
     log: Callable[[str], None] = print,
+    task: TrainTask | None = None,
 ) -> RunResult:
     """Run (or resume) pretraining as ``cfg`` says; returns where the run is and how it ended.
 
     ``on_eval`` receives each evaluation record (step, tokens, elapsed, losses, lr); returning True
     stops the run after that evaluation (used by benchmarks that stop at a target loss).
+    ``task`` makes it a fine-tuning run (:class:`gptlab.train.task.TrainTask`): the task's model and
+    batches replace the corpus and the fresh model; ``cfg``'s data, tokenizer and model fields are unused.
     """
     cfg.validate()
-    run = _Run(cfg, Path(resume) if resume else None, resume is not None, progress, log)
+    run = _Run(cfg, Path(resume) if resume else None, resume is not None, progress, log, task)
     return run.run(on_eval)

@@ -1,0 +1,169 @@
+"""Answers for a test set: batched generation, each answer cut at end-of-text and at the next prompt marker.
+
+Results go to a JSON list: every input entry with a ``model_response`` field beside its reference
+``output``. The file is rewritten atomically after every batch, so an interrupted run (Ctrl-C, a
+crash, ``kill -9``) loses at most one batch, and running the same command again continues where it
+stopped: entries that already have a ``model_response`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.finetune.prompts import ALPACA, PromptStyle, get_style, load_style
+from gptlab.io import atomic_write_text
+
+RESPONSE_FIELD = "model_response"
+# How often (in new tokens) the decoded answers are checked for a stop marker; checking decodes text,
+# so not at every token.
+_CHECK_EVERY = 8
+
+
+def style_for_model(model_spec: str, style: str | None = None) -> PromptStyle:
+    """The style to prompt ``model_spec`` with: ``style`` if given, else the model folder's, else Alpaca."""
+    if style:
+        return get_style(style)
+    path = Path(model_spec)
+    saved = load_style(path) if path.is_dir() else None
+    return saved or ALPACA
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    style: PromptStyle,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> list[str]:
+    """One batch: each prompt's answer, generated together (left padding), cut at end-of-text and stop markers.
+
+    Generation stops early once every answer has ended (end-of-text or a stop marker in its text).
+    Prompts longer than the context leave room for the answer by keeping their last tokens.
+    """
+    from gptlab.model.generate import stream_generate
+
+    eos = tokenizer.eot_id
+    ctx = model.cfg.context_length
+    keep = max(1, ctx - max_new_tokens)
+    ids = [tokenizer.encode_ordinary(p)[-keep:] for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    steps = stream_generate(model, ids, max_new_tokens, temperature, top_k, None, eos, seed=seed)
+    for count, tokens in enumerate(steps, 1):
+        for row, tok in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if eos is not None and tok == eos:
+                done[row] = True
+            else:
+                new[row].append(tok)
+        if count % _CHECK_EVERY == 0 and style.stop:
+            for row in range(len(prompts)):
+                if not done[row] and style.cut(tokenizer.decode(new[row])) != tokenizer.decode(new[row]).strip():
+                    done[row] = True
+        if all(done):
+            break
+    return [style.cut(tokenizer.decode(tokens)) for tokens in new]
+
+
+def _load_previous(out: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries with the answers an earlier (interrupted) run wrote to ``out``; refuses a different data set."""
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GptlabError(f"{out}: exists but is not readable JSON ({exc}); delete it or pass --overwrite") from None
+    same = isinstance(previous, list) and len(previous) == len(entries) and all(
+        isinstance(p, dict) and p.get("instruction") == e.get("instruction") and p.get("input", "") == e.get("input", "")
+        for p, e in zip(previous, entries)
+    )
+    if not same:
+        raise GptlabError(
+            f"{out}: holds answers for different entries than --data; pass --overwrite to replace it, or another --out"
+        )
+    merged = []
+    for p, e in zip(previous, entries):
+        entry = dict(e)
+        if isinstance(p.get(RESPONSE_FIELD), str):
+            entry[RESPONSE_FIELD] = p[RESPONSE_FIELD]
+        merged.append(entry)
+    return merged
+
+
+def generate_responses(
+    model_spec: str,
+    entries: list[dict[str, Any]],
+    out: str | os.PathLike,
+    style: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = 123,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Answer every entry's instruction with the model and write ``out`` (resumable); returns a summary."""
+    from gptlab.model.load import load_model, tokenizer_for
+    from gptlab.train.trainer import pick_device
+
+    if batch_size <= 0:
+        raise GptlabError(f"--batch-size must be positive, got {batch_size}")
+    if max_new_tokens <= 0:
+        raise GptlabError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    out = Path(out)
+    results = [dict(e) for e in entries]
+    for r in results:
+        r.pop(RESPONSE_FIELD, None)  # a stale answer in the input is not this model's
+    if out.exists() and not overwrite:
+        results = _load_previous(out, entries)
+    pending = [i for i, r in enumerate(results) if RESPONSE_FIELD not in r]
+    resumed = len(results) - len(pending)
+    if resumed:
+        log(f"continuing {out}: {resumed} of {len(results)} answers already there")
+    summary = {"out": str(out), "total": len(results), "resumed": resumed, "generated": 0}
+    if not pending:
+        atomic_write_text(out, json.dumps(results, indent=2, ensure_ascii=False))
+        return summary
+
+    model = load_model(model_spec, dtype=dtype)
+    tokenizer = tokenizer_for(model_spec, model)
+    model = model.to(pick_device(device)).eval()
+    prompt_style = style_for_model(model_spec, style)
+    prompts = {i: prompt_style.format(results[i]["instruction"], results[i].get("input") or "") for i in pending}
+    # Similar lengths together: less left padding to compute through. Order in the file is unchanged.
+    pending.sort(key=lambda i: len(prompts[i]))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(results), initial=resumed, unit="answer", file=sys.stderr, desc="generate")
+    try:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            with torch.inference_mode():
+                answers = generate_answers(model, tokenizer, prompt_style, [prompts[i] for i in batch],
+                                           max_new_tokens, temperature, top_k, seed)
+            for i, answer in zip(batch, answers):
+                results[i][RESPONSE_FIELD] = answer
+            summary["generated"] += len(batch)
+            atomic_write_text(out, json.dumps(results, indent=2, ensure_ascii=False))
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    return summary

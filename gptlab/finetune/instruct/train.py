@@ -1,0 +1,264 @@
+"""Instruction fine-tuning on the pretraining trainer: a model, a data set and a prompt style in; a run folder out.
+
+The run folder is an ordinary gptlab run (``config.json``, ``metrics.jsonl``, ``loss.png``,
+``checkpoints/``), so ``gptlab generate --model RUN`` and :func:`gptlab.model.load.load_model` use it
+like any other, plus ``prompt_style.json`` (the style generation and serving reuse) and ``data/``
+(the train/test/val split as JSON, ready for ``gptlab instruct generate --data RUN/data/test.json``).
+With LoRA, checkpoints hold the merged weights; the adapters themselves are in each checkpoint's state
+(for resuming) and exported at the end into ``RUN/adapter/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.finetune.instruct.collate import InstructBatches, encode_example, fixed_batches
+from gptlab.finetune.instruct.data import SPLITS, load_examples, split_examples
+from gptlab.finetune.prompts import get_style, save_style
+from gptlab.io import atomic_write_text
+from gptlab.train.config import TrainConfig
+from gptlab.train.task import TrainTask
+
+TASK_NAME = "instruct"
+
+
+@dataclass
+class InstructConfig:
+    """What is fine-tuned on what (saved in the run's ``config.json`` under ``task``; fixed on resume)."""
+
+    data: str = "instruction-data"
+    model: str = "gpt2-medium"  # run folder, Hugging Face folder, hub name or preset
+    style: str = "alpaca"  # alpaca | phi3 | template file | template string
+    mask_prompt: bool = False
+    max_length: int = 0  # truncate examples to this many tokens (0 = the model's context length)
+    split_seed: int | None = None  # None: the book's unshuffled 85/10/5 split
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float = 16.0
+    lora_targets: str = "attn,ff"  # not the head: it is tied to the token embedding in GPT-2-style models
+    lora_dropout: float = 0.0
+    drop_rate: float | None = None  # override the model's dropout (None: keep the model's own)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstructConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys are ignored, e.g. the task's name)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The book's chapter 7 settings where they differ from pretraining's defaults: AdamW(lr=5e-5,
+# weight_decay=0.1) with torch's default betas, constant rate, no clipping, batch 8, 2 epochs, seed 123.
+BOOK_TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 8,
+    "lr": 5e-5,
+    "min_lr": 5e-5,
+    "warmup_steps": 0,
+    "weight_decay": 0.1,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "grad_clip": 0.0,
+    "epochs": 2.0,
+    "time_budget": "",
+    "eval_interval": 20,
+    "eval_batches": 1_000_000,  # all validation batches (55 examples: 7 batches)
+    "eval_train_batches": 5,  # the book measures the training loss on 5 batches
+    "sample_tokens": 60,
+    "seed": 123,
+}
+
+
+def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> TrainTask:
+    """Load the model, tokenizer and data; encode and batch; describe how to save. Writes the split into ``run_dir/data``."""
+    from gptlab.model.load import load_model, tokenizer_for
+
+    style = get_style(icfg.style)
+    examples = load_examples(icfg.data)
+    parts = split_examples(examples, seed=icfg.split_seed)
+    if not parts["val"]:
+        raise GptlabError(f"--data {icfg.data}: {len(examples)} entries leave no validation examples")
+
+    # Load once to learn the config and tokenizer; build_model() loads again (cheap next to training)
+    # so that a resume rebuilds exactly the same starting point.
+    probe = load_model(icfg.model)
+    tokenizer = tokenizer_for(icfg.model, probe)
+    pad_id = tokenizer.eot_id
+    if pad_id is None:
+        raise GptlabError(f"--model {icfg.model}: its tokenizer has no <|endoftext|> token to end answers with")
+    context = probe.cfg.context_length
+    max_length = icfg.max_length or context
+    if max_length > context:
+        raise GptlabError(f"--max-length {max_length} exceeds the model's context length {context}")
+    del probe
+
+    encoded = {name: [encode_example(tokenizer, style, e) for e in parts[name]] for name in SPLITS}
+    too_long = sum(len(ids) > max_length for ids, _ in encoded["train"])
+    if too_long:
+        log(f"note: {too_long} of {len(encoded['train'])} training examples are longer than {max_length} tokens "
+            f"and are truncated")
+    sampler = InstructBatches(encoded["train"], tcfg.batch_size, tcfg.seed, pad_id, icfg.mask_prompt, max_length)
+    val_batches = fixed_batches(encoded["val"], tcfg.batch_size, pad_id, icfg.mask_prompt, max_length,
+                                tcfg.eval_batches)
+    train_eval = fixed_batches(encoded["train"], tcfg.batch_size, pad_id, icfg.mask_prompt, max_length,
+                               tcfg.eval_train_batches) if tcfg.eval_train_batches else []
+
+    def build_model() -> torch.nn.Module:
+        model = load_model(icfg.model)
+        if icfg.drop_rate is not None:
+            _set_dropout(model, icfg.drop_rate)
+        if icfg.lora_rank:
+            from gptlab.finetune.lora import apply_lora
+
+            apply_lora(model, icfg.lora_rank, icfg.lora_alpha, icfg.lora_targets, icfg.lora_dropout)
+            _check_exportable(model)
+        return model.float().train()
+
+    # Files a user (and a resume) needs besides what the trainer writes.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        atomic_write_text(run_dir / "data" / f"{name}.json", json.dumps(parts[name], indent=2, ensure_ascii=False))
+    save_style(style, run_dir)
+    info = {**icfg.to_dict(), "sizes": {k: len(v) for k, v in parts.items()}}
+    return TrainTask(
+        name=TASK_NAME,
+        build_model=build_model,
+        tokenizer=tokenizer,
+        sampler=sampler,
+        val_batches=val_batches,
+        train_eval_batches=train_eval,
+        export_weights=merged_weights if icfg.lora_rank else None,
+        run_info=info,
+    )
+
+
+def _set_dropout(model: torch.nn.Module, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise GptlabError(f"--drop-rate must be in [0, 1), got {rate}")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = rate
+    if hasattr(model, "cfg") and hasattr(model.cfg, "replace"):
+        try:
+            model.cfg = model.cfg.replace(drop_rate=rate)
+        except (TypeError, GptlabError):
+            pass
+
+
+def _check_exportable(model: torch.nn.Module) -> None:
+    """Refuse LoRA on a layer whose weight is tied to another (merging would change both)."""
+    from gptlab.finetune.lora import lora_layers
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, layer in lora_layers(model):
+        ptr = layer.weight.untyped_storage().data_ptr()
+        tied = [n for n, p in params.items() if p.untyped_storage().data_ptr() == ptr and not n.startswith(name + ".")]
+        if tied:
+            raise GptlabError(
+                f"--lora-targets: {name} shares its weight with {tied[0]}; leave it out (e.g. --lora-targets attn,ff)"
+            )
+
+
+def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights with every LoRA update folded in, under the plain model's names."""
+    from gptlab.finetune.lora import lora_layers
+    from gptlab.train.checkpoint import model_state_for_saving
+
+    out = {k: v for k, v in model_state_for_saving(model).items() if ".lora_" not in k}
+    with torch.no_grad():
+        for name, layer in lora_layers(model):
+            if not layer.merged:
+                out[f"{name}.weight"] = (layer.weight + layer.delta_weight().to(layer.weight.dtype)).detach().cpu().contiguous()
+    return out
+
+
+def instruct_train_config(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """The book's fine-tuning defaults < a config file < command-line overrides, checked."""
+    from gptlab.train.config import config_from_dict, load_config_file
+
+    values: dict[str, Any] = dict(BOOK_TRAIN_DEFAULTS)
+    if config_file:
+        values.update(load_config_file(config_file))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    if "min_lr" not in given and "min_lr" not in (load_config_file(config_file) if config_file else {}):
+        values["min_lr"] = values["lr"]  # a new --lr alone keeps the rate constant, as the book's
+    cfg = config_from_dict(values, source=str(config_file) if config_file else "command line")
+    cfg.validate()
+    return cfg
+
+
+def finetune(
+    icfg: InstructConfig,
+    tcfg: TrainConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_eval: Callable[[dict], bool | None] | None = None,
+):
+    """Start an instruction fine-tuning run; returns the trainer's :class:`RunResult`."""
+    from gptlab.train.trainer import pretrain
+
+    run_dir = Path(tcfg.out) if tcfg.out else Path("runs") / f"instruct-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / "config.json").exists():
+        raise GptlabError(f"{run_dir}: already holds a run; resume it with --resume {run_dir}, or pick another --out")
+    tcfg.out = str(run_dir)
+    tcfg.data = icfg.data
+    task = build_task(icfg, tcfg, run_dir, log)
+    if not tcfg.sample_prompt:
+        first = json.loads((run_dir / "data" / "val.json").read_text(encoding="utf-8"))[0]
+        tcfg.sample_prompt = get_style(icfg.style).format(first["instruction"], first.get("input") or "")
+    result = pretrain(tcfg, progress=progress, log=log, on_eval=on_eval, task=task)
+    _finish(run_dir, icfg)
+    return result
+
+
+def resume_finetune(
+    run_dir: str | os.PathLike,
+    overrides: dict[str, Any],
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+):
+    """Continue an instruction run from its newest checkpoint (stop conditions and hardware may change)."""
+    from gptlab.train.trainer import pretrain, resolve_run_config
+
+    run_dir = Path(run_dir)
+    tcfg, _ = resolve_run_config(overrides, None, str(run_dir))
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    task_info = saved.get("task")
+    if not isinstance(task_info, dict) or task_info.get("name") != TASK_NAME:
+        raise GptlabError(f"{run_dir}: not an instruction fine-tuning run (use gptlab pretrain --resume)")
+    icfg = InstructConfig.from_dict(task_info)
+    task = build_task(icfg, tcfg, run_dir, log)
+    result = pretrain(tcfg, resume=str(run_dir), progress=progress, log=log, task=task)
+    _finish(run_dir, icfg)
+    return result
+
+
+def _finish(run_dir: Path, icfg: InstructConfig) -> None:
+    """After training with LoRA: the best checkpoint's adapter alone, in ``RUN/adapter`` (small, shareable)."""
+    if not icfg.lora_rank:
+        return
+    from gptlab.finetune.lora import apply_lora, save_adapter
+    from gptlab.model.load import load_model
+    from gptlab.train.checkpoint import load_state
+    from gptlab.train.run_dir import checkpoint_dir
+    from gptlab.train.task import load_trainable_state
+
+    try:
+        best = checkpoint_dir(run_dir, "best")
+    except GptlabError:
+        return
+    model = load_model(icfg.model)
+    apply_lora(model, icfg.lora_rank, icfg.lora_alpha, icfg.lora_targets, icfg.lora_dropout)
+    load_trainable_state(model, load_state(best)["trainable"])
+    save_adapter(model, run_dir / "adapter", base={"model": icfg.model})
