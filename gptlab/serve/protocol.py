@@ -177,7 +177,7 @@ def parse_request(body: Any, chat: bool, tokenizer, chat_format, context_length:
     longest = max(len(p) for p in prompts)
     if max_tokens is None:
         # OpenAI's defaults: 16 tokens for completions; for chat, whatever room the context leaves.
-        max_tokens = 16 if not chat else context_length - longest
+        max_tokens = 16 if not chat else max(1, context_length - longest)
     if max_tokens < 1:
         raise ApiError(400, f"'max_tokens' must be >= 1, got {max_tokens}", param="max_tokens", code="invalid_value")
     if longest + max_tokens > context_length:

@@ -251,13 +251,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self, events: queue.Queue, handles: list) -> Any:
         """Yield events until every request is done; cancel them all if the client leaves or we stop early."""
         remaining = len(handles)
+        checked = time.monotonic()
         try:
             while remaining:
+                # A non-streaming client that left is only noticed by looking: every quarter second.
+                if time.monotonic() - checked > 0.25:
+                    checked = time.monotonic()
+                    if self._client_gone():
+                        raise _ClientGone
                 try:
                     event: Event = events.get(timeout=0.25)
                 except queue.Empty:
-                    if self._client_gone():
-                        raise _ClientGone from None
                     continue
                 if event.kind != "text":
                     remaining -= 1
