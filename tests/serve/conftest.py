@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -54,3 +56,30 @@ def server(model, gpt2_tok):
 def client(server):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(api_key=API_KEY, base_url=server.url + "/v1", max_retries=0, timeout=60)
+
+
+class _SlowGPT:
+    """Wraps a model so each decode step takes ``delay`` seconds (to disconnect mid-stream reliably)."""
+
+    def __init__(self, model, delay: float) -> None:
+        self.model, self.delay = model, delay
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, idx, **kwargs):
+        time.sleep(self.delay)
+        return self.model(idx, **kwargs)
+
+
+@pytest.fixture()
+def slow_server(model, gpt2_tok):
+    """A server whose decode steps take 20 ms: time to disconnect or press stop mid-answer."""
+    from gptlab.serve.engine import Engine
+    from gptlab.serve.server import create_server
+
+    engine = Engine(model, gpt2_tok, max_batch=2)
+    engine.model = _SlowGPT(model, 0.02)
+    srv = create_server(engine, "127.0.0.1", 0).start()
+    yield srv
+    srv.close()

@@ -210,29 +210,6 @@ def test_context_overflow_oversized_body_wrong_key_and_the_server_keeps_serving(
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).usage.completion_tokens == 2
 
 
-class _SlowGPT:
-    """Wraps a model so each decode step takes ``delay`` seconds (to disconnect mid-stream reliably)."""
-
-    def __init__(self, model, delay: float) -> None:
-        self.model, self.delay = model, delay
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, idx, **kwargs):
-        time.sleep(self.delay)
-        return self.model(idx, **kwargs)
-
-
-@pytest.fixture()
-def slow_server(model, gpt2_tok):
-    engine = Engine(model, gpt2_tok, max_batch=2)
-    engine.model = _SlowGPT(model, 0.02)
-    srv = create_server(engine, "127.0.0.1", 0).start()
-    yield srv
-    srv.close()
-
-
 def test_client_disconnect_frees_its_slot(slow_server):
     engine = slow_server.engine
     for stream in (True, False):
