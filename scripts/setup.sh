@@ -15,6 +15,11 @@ fi
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
 if [ "${1:-}" = "--dev" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
+    # The chat page's browser test drives the system Chromium (Playwright cannot download its own here).
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "setup: could not install chromium; the chat page's browser test will be skipped" >&2
+    fi
 else
     .venv/bin/python -m pip install -q -e .
 fi
