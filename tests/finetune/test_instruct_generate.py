@@ -1,0 +1,103 @@
+"""Batched answers equal one-at-a-time generation; answers are cut at stop markers; interrupted runs continue."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.finetune.instruct.generate import generate_answers, generate_responses, style_for_model
+from gptlab.finetune.prompts import ALPACA, PHI3, PromptStyle, save_style
+from gptlab.model import GPT, GPTConfig
+from gptlab.model.load import load_model
+from gptlab.tokenizer import get_tokenizer
+
+ENTRIES = [
+    {"instruction": "Name a color.", "input": "", "output": "Blue."},
+    {"instruction": "Translate to French.", "input": "Good morning, my friend.", "output": "Bonjour, mon ami."},
+    {"instruction": "What is 2 + 2?", "input": "", "output": "4"},
+    {"instruction": "Give a synonym.", "input": "happy", "output": "joyful"},
+    {"instruction": "Summarize the text in one short sentence please.", "input": "A long text.", "output": "Text."},
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
+                    qkv_bias=True, tie_weights=True)
+    path = tmp_path_factory.mktemp("gen-model")
+    GPT(cfg).save_pretrained(path)
+    return path
+
+
+def reference_answer(model, tok, style, entry, max_new):
+    """One prompt alone through model.generate (greedy), decoded and cut: what a batch must reproduce."""
+    ids = tok.encode_ordinary(style.format(entry["instruction"], entry["input"]))
+    new = model.generate([ids], max_new, eos_id=tok.eot_id)[0]
+    return style.cut(tok.decode(new)), tok.decode(new)
+
+
+def test_batched_equals_one_at_a_time(tmp_path, model_dir):
+    out = tmp_path / "r.json"
+    summary = generate_responses(str(model_dir), ENTRIES, out, batch_size=3, max_new_tokens=12, progress=False,
+                                 log=lambda m: None)
+    assert summary == {"out": str(out), "total": 5, "resumed": 0, "generated": 5}
+    got = json.loads(out.read_text())
+    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    for entry, result in zip(ENTRIES, got):
+        assert {k: result[k] for k in entry} == entry  # the reference stays beside the answer
+        assert result["model_response"] == reference_answer(model, tok, ALPACA, entry, 12)[0]
+
+
+def test_cut_at_the_next_prompt_marker(model_dir):
+    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    style = PromptStyle("t", "Q: {instruction}\nA:", "Q: {instruction}\nA:", ())
+    _, full = reference_answer(model, tok, style, {"instruction": "Name a color.", "input": ""}, 10)
+    assert len(full.strip()) > 8
+    # Make a piece of what the model really writes the next prompt marker: the answer stops before it.
+    marker = full[4:9]
+    cut_style = PromptStyle("t", style.template, style.template_no_input, (marker,))
+    answer = generate_answers(model, tok, cut_style, [style.format("Name a color.")], max_new_tokens=10)[0]
+    assert answer == full[: full.find(marker)].strip()
+
+
+def test_interrupted_run_continues(tmp_path, model_dir):
+    out = tmp_path / "r.json"
+    generate_responses(str(model_dir), ENTRIES, out, batch_size=2, max_new_tokens=6, progress=False, log=lambda m: None)
+    complete = json.loads(out.read_text())
+    # As an interrupted run leaves it: some entries answered, others not yet.
+    partial = [dict(e) for e in complete]
+    for i in (1, 4):
+        del partial[i]["model_response"]
+    out.write_text(json.dumps(partial))
+    summary = generate_responses(str(model_dir), ENTRIES, out, batch_size=2, max_new_tokens=6, progress=False,
+                                 log=lambda m: None)
+    assert (summary["resumed"], summary["generated"]) == (3, 2)
+    assert json.loads(out.read_text()) == complete
+    # An answers file for other entries is not silently mixed in.
+    with pytest.raises(GptlabError, match="different entries"):
+        generate_responses(str(model_dir), ENTRIES[:2], out, progress=False, log=lambda m: None)
+    summary = generate_responses(str(model_dir), ENTRIES[:2], out, max_new_tokens=6, overwrite=True,
+                                 progress=False, log=lambda m: None)
+    assert summary["generated"] == 2
+
+
+def test_style_comes_from_the_model_folder(tmp_path, model_dir):
+    assert style_for_model(str(model_dir)) == ALPACA  # no prompt_style.json: Alpaca
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_style(PHI3, folder)
+    assert style_for_model(str(folder)) == PHI3
+    assert style_for_model(str(folder), "alpaca") == ALPACA  # an explicit --style wins
+
+
+def test_bad_generation_settings(tmp_path, model_dir):
+    with pytest.raises(GptlabError, match="batch-size"):
+        generate_responses(str(model_dir), ENTRIES, tmp_path / "x.json", batch_size=0, progress=False)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(GptlabError, match="not readable JSON"):
+        generate_responses(str(model_dir), ENTRIES, bad, progress=False, log=lambda m: None)
