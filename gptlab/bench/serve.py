@@ -1,0 +1,183 @@
+"""``gptlab bench serve``: what continuous batching buys, end to end over HTTP.
+
+A real :class:`~gptlab.serve.server.ApiServer` (engine + HTTP on a free loopback port) serves the
+GPT-2 124M architecture with random weights (seeded; throughput does not depend on what the weights
+say, and no download is needed). Clients are threads in the same process that POST
+``/v1/completions`` with a fixed prompt of random token ids, greedy, ``ignore_eos`` so every request
+produces exactly ``--max-tokens`` tokens.
+
+Measured: total generated tokens per second with 8 concurrent clients (each sending ``--requests``
+requests back to back) against one client doing the same alone. The two runs alternate after a
+warm-up and each figure is the median of the repeats. Target: 8 clients get at least 3x the total
+throughput of one, which a server that handled requests one at a time could never reach.
+
+bf16 weights by default (``--dtype float32`` for full precision): on CPUs with AVX512-BF16 or AMX it
+is the fast setting, and the one a CPU deployment would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gptlab.bench.model import Result, _interleaved, _median, format_table
+from gptlab.errors import GptlabError
+
+TARGET = 3.0
+
+
+def _log(msg: str) -> None:
+    print(f"[bench serve] {msg}", file=sys.stderr, flush=True)
+
+
+def _client(host: str, port: int, prompt: list[int], max_tokens: int, requests: int, stream: bool,
+            totals: list[int], errors: list[str]) -> None:
+    """Send ``requests`` completions one after another on one keep-alive connection; add up their tokens."""
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+                       "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})})
+    try:
+        for _ in range(requests):
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                errors.append(f"HTTP {resp.status}: {data[:200]!r}")
+                return
+            if stream:
+                events = [e[6:] for e in data.decode().split("\n\n") if e.startswith("data: ")]
+                usage = json.loads(events[-2])["usage"]  # the usage chunk comes right before [DONE]
+            else:
+                usage = json.loads(data)["usage"]
+            totals.append(usage["completion_tokens"])
+    except Exception as exc:  # noqa: BLE001 - reported as a failed benchmark, not a traceback per thread
+        errors.append(repr(exc))
+    finally:
+        conn.close()
+
+
+def _rate(host: str, port: int, clients: int, prompt: list[int], max_tokens: int, requests: int,
+          stream: bool) -> Callable[[], float]:
+    """A callable that runs ``clients`` concurrent clients once and returns total tokens per second."""
+
+    def run() -> float:
+        totals: list[int] = []
+        errors: list[str] = []
+        threads = [threading.Thread(target=_client, args=(host, port, prompt, max_tokens, requests, stream,
+                                                          totals, errors)) for _ in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+        if errors:
+            raise GptlabError(f"bench serve: {len(errors)} client(s) failed, first: {errors[0]}")
+        expected = clients * requests * max_tokens
+        if sum(totals) != expected:
+            raise GptlabError(f"bench serve: expected {expected} tokens, the server reported {sum(totals)}")
+        return sum(totals) / seconds
+
+    return run
+
+
+def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 8, requests: int = 2,
+                  max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 3, stream: bool = False,
+                  seed: int = 0) -> tuple[Result, dict[str, Any]]:
+    """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result."""
+    import torch
+
+    from gptlab.model import GPT, PRESETS
+    from gptlab.serve.engine import Engine
+    from gptlab.serve.server import create_server
+    from gptlab.tokenizer import get_tokenizer
+
+    if preset not in PRESETS:
+        raise GptlabError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    for name, value in (("--clients", clients), ("--requests", requests), ("--max-tokens", max_tokens),
+                        ("--prompt-tokens", prompt_tokens), ("--repeats", repeats)):
+        if value < 1:
+            raise GptlabError(f"{name} must be a positive integer, got {value}")
+    cfg = PRESETS[preset]
+    if prompt_tokens + max_tokens > cfg.context_length:
+        raise GptlabError(f"--prompt-tokens + --max-tokens must fit the {cfg.context_length}-token context")
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(torch.bfloat16 if dtype == "bfloat16" else torch.float32).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
+    engine = Engine(model, get_tokenizer("gpt2"), max_batch=clients)
+    server = create_server(engine, "127.0.0.1", 0, model_name=preset).start()
+    host, port = server.server_address[:2]
+    try:
+        contenders = {
+            "1 client": _rate(host, port, 1, prompt, max_tokens, requests, stream),
+            f"{clients} concurrent clients": _rate(host, port, clients, prompt, max_tokens, requests, stream),
+        }
+        _log(f"{preset} preset ({model.num_parameters() / 1e6:.0f}M parameters counting its untied output head; "
+             f"random weights, {dtype}), "
+             f"{torch.get_num_threads()} threads; {requests} request(s) x {max_tokens} tokens per client, "
+             f"{repeats} repeats")
+        start = time.perf_counter()
+        samples = _interleaved(contenders, repeats)
+        _log(f"done in {time.perf_counter() - start:.0f} s")
+        stats = engine.stats()
+    finally:
+        server.close()
+    names = list(contenders)
+    result = Result(
+        name=f"serve {clients} clients vs 1",
+        unit="tokens/s",
+        ours=_median(samples[names[1]]),
+        reference=_median(samples[names[0]]),
+        ours_label=names[1],
+        reference_label=names[0],
+        target=TARGET,
+        samples=samples,
+        note=f"{preset} random weights, {dtype}, {'streaming' if stream else 'non-streaming'} over HTTP",
+    )
+    setup = {"preset": preset, "dtype": dtype, "clients": clients, "requests_per_client": requests,
+             "max_tokens": max_tokens, "prompt_tokens": prompt_tokens, "repeats": repeats, "stream": stream,
+             "threads": torch.get_num_threads(), "peak_batch": stats["peak_batch"]}
+    return result, setup
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    """Handler of ``gptlab bench serve``."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result, setup = run_benchmark(args.preset, args.dtype, args.clients, args.requests, args.max_tokens,
+                                  args.prompt_tokens, args.repeats, args.stream)
+    if args.json:
+        print(json.dumps({"target": "serve", "setup": setup, "results": [result.to_dict()]}, indent=2))
+    else:
+        print(format_table([result]))
+        print(f"({result.note}; most sequences decoded in one step: {setup['peak_batch']})")
+    return 0
+
+
+def register_target(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to the ``gptlab bench`` sub-commands."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serving throughput: concurrent clients against one (continuous batching)",
+        description="Serve the GPT-2 124M architecture (random weights) over HTTP on a free loopback port and "
+        "measure total tokens/s with N concurrent clients against one client; target >= 3x for 8 clients.",
+    )
+    p.add_argument("--preset", default="gpt2", help="model preset, random weights (default gpt2: 124M)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="weights dtype (default bfloat16)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (and batch slots; default 8)")
+    p.add_argument("--requests", type=int, default=2, help="requests each client sends per run (default 2)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_bench_serve)
