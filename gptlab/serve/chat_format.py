@@ -16,6 +16,7 @@ whose answers end where the model starts a new ``User:`` line.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -71,7 +72,7 @@ def chat_format_for(model_dir: str | os.PathLike | None, style: str | None = Non
     :mod:`gptlab.finetune.prompts` is imported lazily, so serving works without it.
     """
     try:
-        from gptlab.finetune import prompts
+        prompts = importlib.import_module("gptlab.finetune.prompts")
     except ImportError:
         prompts = None  # type: ignore[assignment]
     if style:
