@@ -190,3 +190,34 @@ def test_responses_need_model_response(tmp_path):
     path.write_text(json.dumps([{"instruction": "a", "output": "b", "model_response": "b"}, {"instruction": "a", "output": "b"}]))
     with pytest.raises(GptlabError, match="entry 1: field 'model_response'"):
         evaluate_responses(path, progress=False)
+
+
+def test_judge_through_gptlab_serve(responses, tmp_path):
+    """The same path against the project's own OpenAI-compatible server (a tiny random model as judge).
+
+    A random model is no judge: its replies are not integers, so they must be counted as unscorable,
+    with every answer judged and no error.
+    """
+    import torch
+
+    pytest.importorskip("gptlab.serve.server")
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.serve.engine import Engine
+    from gptlab.serve.server import create_server
+    from gptlab.tokenizer import get_tokenizer
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50257, context_length=256, emb_dim=32, n_heads=2, n_layers=2, tie_weights=True))
+    server = create_server(Engine(model.eval(), get_tokenizer("gpt2"), max_batch=4), "127.0.0.1", 0,
+                           api_key="k", model_name="tiny-judge").start()
+    try:
+        summary = evaluate_responses(responses, tmp_path / "s.json", server.url, "tiny-judge", api_key="k",
+                                     progress=False, log=lambda m: None)
+    finally:
+        server.close()
+    judge = summary["judge"]
+    assert judge["error"] is None and judge["judged"] == len(ENTRIES)
+    assert judge["scored"] + judge["unscorable"] == len(ENTRIES)
+    saved = json.loads((tmp_path / "s.json").read_text())["entries"]
+    assert all(isinstance(e["judge_reply"], str) for e in saved)
+    assert [e["judge_score"] for e in saved] == [parse_score(e["judge_reply"]) for e in saved]
