@@ -7,14 +7,12 @@ import json
 import random
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from gptlab.serve.chat_format import PlainChat
-from gptlab.serve.engine import Engine, wait_until
-from gptlab.serve.server import create_server
+from gptlab.serve.engine import wait_until
 
 openai = pytest.importorskip("openai")
 
