@@ -101,3 +101,13 @@ def test_bad_generation_settings(tmp_path, model_dir):
     bad.write_text("{nope")
     with pytest.raises(GptlabError, match="not readable JSON"):
         generate_responses(str(model_dir), ENTRIES, bad, progress=False, log=lambda m: None)
+
+
+def test_prompt_and_answer_longer_than_the_context(model_dir):
+    # 128-token context: a ~110-token prompt and 40 new tokens slide through the window, as in the book.
+    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    prompt = ALPACA.format("Repeat: " + "word " * 80)
+    assert 100 < len(tok.encode_ordinary(prompt)) < 128
+    answers = generate_answers(model, tok, PromptStyle("none", "{instruction}", "{instruction}", ()), [prompt, "Hi"],
+                               max_new_tokens=40)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

@@ -48,14 +48,13 @@ def generate_answers(
     """One batch: each prompt's answer, generated together (left padding), cut at end-of-text and stop markers.
 
     Generation stops early once every answer has ended (end-of-text or a stop marker in its text).
-    Prompts longer than the context leave room for the answer by keeping their last tokens.
+    A prompt and answer longer than the context slide through it, as the book's ``generate`` does
+    (the model sees the last ``context_length`` tokens).
     """
     from gptlab.model.generate import stream_generate
 
     eos = tokenizer.eot_id
-    ctx = model.cfg.context_length
-    keep = max(1, ctx - max_new_tokens)
-    ids = [tokenizer.encode_ordinary(p)[-keep:] for p in prompts]
+    ids = [tokenizer.encode_ordinary(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     steps = stream_generate(model, ids, max_new_tokens, temperature, top_k, None, eos, seed=seed)
