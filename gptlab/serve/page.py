@@ -60,7 +60,7 @@ _PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const log = $("log"), input = $("input"), sendBtn = $("send"), stopBtn = $("stop");
-let history = [];          // [{role, content}] sent with every request
+let conversation = [];          // [{role, content}] sent with every request
 let controller = null;     // AbortController of the answer being streamed
 
 $("api-key").value = localStorage.getItem("gptlab-api-key") || "";
@@ -81,7 +81,7 @@ function busy(on) {
 }
 
 async function send(text) {
-  history.push({ role: "user", content: text });
+  conversation.push({ role: "user", content: text });
   bubble("user", text);
   const out = bubble("assistant streaming", "");
   controller = new AbortController();
@@ -91,17 +91,25 @@ async function send(text) {
     const headers = { "Content-Type": "application/json" };
     const key = $("api-key").value.trim();
     if (key) headers["Authorization"] = "Bearer " + key;
-    const res = await fetch("/v1/chat/completions", {
-      method: "POST", headers, signal: controller.signal,
-      body: JSON.stringify({
-        model: $("model").textContent, messages: history, stream: true,
-        temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
-      }),
-    });
-    if (!res.ok) {
-      let msg = res.status + " " + res.statusText;
-      try { msg = (await res.json()).error.message; } catch (e) {}
-      throw new Error(msg);
+    let res;
+    for (;;) {
+      res = await fetch("/v1/chat/completions", {
+        method: "POST", headers, signal: controller.signal,
+        body: JSON.stringify({
+          model: $("model").textContent, messages: conversation, stream: true,
+          temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+        }),
+      });
+      if (res.ok) break;
+      let err = { message: res.status + " " + res.statusText };
+      try { err = (await res.json()).error; } catch (e) {}
+      // Keep the conversation within the context window: forget the oldest exchange and try again.
+      const firstUser = conversation.findIndex((m) => m.role === "user");
+      if (err.code === "context_length_exceeded" && firstUser >= 0 && firstUser < conversation.length - 1) {
+        conversation.splice(firstUser, conversation[firstUser + 1].role === "assistant" ? 2 : 1);
+        continue;
+      }
+      throw new Error(err.message);
     }
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
@@ -130,12 +138,12 @@ async function send(text) {
   } catch (err) {
     if (err.name !== "AbortError") {
       bubble("error", "error: " + err.message);
-      if (!answer) { history.pop(); out.remove(); }
+      if (!answer) { conversation.pop(); out.remove(); }
     }
   } finally {
     out.classList.remove("streaming");
-    if (answer) history.push({ role: "assistant", content: answer });
-    else if (history.length && history[history.length - 1].role === "user") history.pop();
+    if (answer) conversation.push({ role: "assistant", content: answer });
+    else if (conversation.length && conversation[conversation.length - 1].role === "user") conversation.pop();
     controller = null;
     busy(false);
     input.focus();
@@ -155,7 +163,7 @@ input.addEventListener("keydown", (e) => {
 stopBtn.addEventListener("click", () => { if (controller) controller.abort(); });
 $("reset").addEventListener("click", () => {
   if (controller) controller.abort();
-  history = [];
+  conversation = [];
   log.replaceChildren();
 });
 </script>

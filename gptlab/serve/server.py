@@ -211,6 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._complete(req)
         except (_ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+        except RuntimeError as exc:  # the engine stopped between the check above and the submit
+            self._send_error(ApiError(503, str(exc), type="server_error", code="engine_down"), close=True)
 
     def _read_json(self) -> Any:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

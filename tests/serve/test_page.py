@@ -89,5 +89,17 @@ def test_chat_in_chromium(browser, slow_server, model, gpt2_tok, tmp_path):
         engine = slow_server.engine
         assert wait_until(lambda: engine.stats()["active"] == 0 and engine.stats()["cancelled"] == 1, 10)
         assert engine.stats()["tokens_generated"] < 12 + 60
+        assert page.evaluate("conversation.length") == 2  # the question and the partial answer
+
+        # A long answer no longer fits after the earlier exchange: the page drops it and asks again.
+        page.fill("#max-tokens", "88")
+        page.fill("#input", "again")
+        page.click("#send")
+        page.wait_for_function("document.querySelector('.assistant.streaming')?.textContent.length > 0")
+        page.click("#stop")
+        page.wait_for_selector(".assistant:not(.streaming)")
+        assert page.query_selector(".error") is None
+        roles = page.evaluate("conversation.map((m) => m.role + ':' + (m.role === 'user' ? m.content : ''))")
+        assert roles == ["user:again", "assistant:"]
     finally:
         page.close()
