@@ -9,6 +9,7 @@ from typing import Any
 from gptlab.errors import GptlabError
 
 ATTN_IMPLS = ("sdpa", "explicit")
+ACTIVATIONS = ("gelu_tanh", "gelu")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class GPTConfig:
     # "sdpa": torch's fused scaled_dot_product_attention; "explicit": the readable reference
     # (scores, causal mask, softmax, dropout). Both compute the same function.
     attn_impl: str = "sdpa"
+    # Feed-forward non-linearity: "gelu_tanh" is GPT-2's tanh approximation (the book's GELU class);
+    # "gelu" is the exact erf form (nanoGPT's choice), about 2x cheaper on CPUs, for models trained here.
+    activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -50,6 +54,10 @@ class GPTConfig:
             raise GptlabError(f"GPTConfig.ff_dim must be a positive integer or None, got {self.ff_dim!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise GptlabError(f"GPTConfig.attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        if self.activation not in ACTIVATIONS:
+            raise GptlabError(
+                f"GPTConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
 
     @property
     def head_dim(self) -> int:

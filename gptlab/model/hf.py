@@ -81,8 +81,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
     if model_type != "gpt2":
         raise GptlabError(f"{source}: model_type is {model_type!r}; gptlab reads GPT-2 models ('gpt2')")
     act = hf.get("activation_function", "gelu_new")
-    if act not in _TANH_GELUS:
-        raise GptlabError(f"{source}: activation_function {act!r} is not supported (expected gelu_new)")
+    if act not in (*_TANH_GELUS, "gelu"):
+        raise GptlabError(f"{source}: activation_function {act!r} is not supported (expected gelu_new or gelu)")
     for flag, expected in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
         if hf.get(flag, expected) != expected:
             raise GptlabError(f"{source}: {flag}={hf[flag]!r} is not supported (expected {expected})")
@@ -98,6 +98,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
             tie_weights=bool(hf.get("tie_word_embeddings", True)),
             layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
             ff_dim=hf.get("n_inner"),
+            activation="gelu" if act == "gelu" else "gelu_tanh",
         )
     except KeyError as exc:
         raise GptlabError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -117,7 +118,7 @@ def config_to_hf(cfg: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
         "n_head": cfg.n_heads,
         "n_layer": cfg.n_layers,
         "n_inner": cfg.ff_dim,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
         "resid_pdrop": cfg.drop_rate,
         "embd_pdrop": cfg.drop_rate,
         "attn_pdrop": cfg.drop_rate,

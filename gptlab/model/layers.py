@@ -22,11 +22,12 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.emb_dim, cfg.hidden_dim)
         self.proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, emb_dim] -> [B, T, emb_dim]``."""
-        # GPT-2's GELU is the tanh approximation (the book's GELU class); torch has it as one fused kernel.
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        # GPT-2's GELU is the tanh approximation (the book's GELU class); torch has both forms as one kernel.
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):

@@ -219,3 +219,27 @@ def test_unsupported_config_and_missing_files(checkpoint_copy, tmp_path_factory)
         GPT.from_pretrained(empty)
     with pytest.raises(GptlabError, match="not a folder with config.json"):
         GPT.from_pretrained(tmp_path_factory.mktemp("x") / "does-not-exist")
+
+
+def test_exact_gelu_round_trips_through_transformers(tmp_path):
+    """activation="gelu" (exact erf) exports as HF's "gelu" and matches transformers' logits both ways."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, context_length=32, emb_dim=48, n_heads=4, n_layers=2, qkv_bias=True,
+                    tie_weights=True, activation="gelu")
+    ours = GPT(cfg).eval()
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu"
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 97, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
+        back = GPT.from_pretrained(tmp_path)
+        assert back.cfg.activation == "gelu"
+        torch.testing.assert_close(back(ids), hf(ids).logits, atol=1e-4, rtol=0)
+    # The tanh form is a different function: the same weights must not give the same logits.
+    tanh = GPT(cfg.replace(activation="gelu_tanh")).eval()
+    tanh.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(tanh(ids), ours(ids), atol=1e-6)
