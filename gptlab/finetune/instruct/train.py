@@ -107,7 +107,11 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
     if too_long:
         log(f"note: {too_long} of {len(encoded['train'])} training examples are longer than {max_length} tokens "
             f"and are truncated")
-    sampler = InstructBatches(encoded["train"], tcfg.batch_size, tcfg.seed, pad_id, icfg.mask_prompt, max_length)
+    # Under torchrun each rank takes its own share of every global batch (the trainer sets up the group
+    # later; the launcher's environment already says who is who).
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    sampler = InstructBatches(encoded["train"], tcfg.batch_size, tcfg.seed, pad_id, icfg.mask_prompt, max_length,
+                              rank=rank, world_size=world)
     val_batches = fixed_batches(encoded["val"], tcfg.batch_size, pad_id, icfg.mask_prompt, max_length,
                                 tcfg.eval_batches)
     train_eval = fixed_batches(encoded["train"], tcfg.batch_size, pad_id, icfg.mask_prompt, max_length,
