@@ -20,6 +20,7 @@ _VERB_MODULES = [
     "gptlab.cli.data_cmds",
     "gptlab.cli.model_cmds",
     "gptlab.cli.train_cmds",
+    "gptlab.cli.classify_cmds",
     "gptlab.cli.instruct_cmds",
     "gptlab.cli.serve_cmds",
     "gptlab.cli.bench_cmds",

@@ -1,0 +1,470 @@
+"""Fine-tuning a GPT for classification: training loop, evaluation, and the saved classifier folder.
+
+A classifier folder holds
+
+* ``classifier.json`` – what the model is: base model, number of classes, trainable scope, LoRA settings,
+  max length, padding id, training settings and the best epoch's metrics;
+* ``labels.json`` – the label map (class id -> name);
+* ``tokenizer.json`` – the tokenizer;
+* ``model.safetensors`` (full weights) or ``adapter/`` (LoRA: the adapter and the new head only, applied
+  on top of the base model named in ``classifier.json``);
+* ``metrics.jsonl`` (one line per epoch), ``loss.png``, ``accuracy.png`` and ``results.json`` (final
+  train/val/test metrics of the best checkpoint).
+
+The weights are the best epoch's (highest validation accuracy, lower validation loss breaking ties),
+each file written atomically, so an interrupted run leaves the previous best intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.errors import GptlabError
+from gptlab.finetune.classify.data import LabeledTexts, LabelMap, Splits
+from gptlab.finetune.classify.metrics import classification_metrics
+from gptlab.finetune.classify.model import GPTClassifier, pad_batch, set_trainable
+from gptlab.io import atomic_write_bytes, atomic_write_text
+
+CLASSIFIER_FORMAT = "gptlab-classifier"
+
+
+@dataclass
+class ClassifyConfig:
+    """Settings of one fine-tuning run (defaults: the book's chapter 6, except where noted)."""
+
+    model: str = "gpt2"
+    trainable: str = "last"  # head | last | all | lora
+    last_blocks: int = 1
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: str = "all"
+    lora_dropout: float = 0.0
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.0
+    schedule: str = "constant"  # constant | cosine (decays to 10% after the warmup)
+    grad_clip: float = 1.0
+    max_length: int | None = None  # tokens per text (default: the model's context length)
+    append_eot: bool = False  # end every text with <|endoftext|>, a fixed position for the prediction
+    drop_rate: float | None = None  # override the model's dropout
+    precision: str = "auto"  # auto | bf16 | fp32
+    seed: int = 123  # head initialisation, batch order, dropout
+    eval_train_examples: int = 0  # evaluate on this many training examples per epoch (0 = all)
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise GptlabError on a setting that cannot work."""
+        if self.trainable not in ("head", "last", "all", "lora"):
+            raise GptlabError(f"--trainable {self.trainable!r}: expected head, last, all or lora")
+        for name in ("epochs", "batch_size", "lora_rank", "last_blocks"):
+            if getattr(self, name) < 1:
+                raise GptlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise GptlabError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("constant", "cosine"):
+            raise GptlabError(f"--schedule {self.schedule!r}: expected constant or cosine")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise GptlabError(f"--precision {self.precision!r}: expected auto, bf16 or fp32")
+        if self.max_length is not None and self.max_length < 2:
+            raise GptlabError(f"--max-length must be at least 2, got {self.max_length}")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast: asked for, or ``auto`` on a CPU with fast bf16 matrix products."""
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    from gptlab.train.trainer import fast_bf16
+
+    return fast_bf16(torch.device("cpu"))
+
+
+def autocast(bf16: bool):
+    """A CPU bf16 autocast context, or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int, append_eot: bool = False) -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length`` (keeping the start, as the book does).
+
+    With ``append_eot`` every text ends with ``<|endoftext|>`` (kept even when the text is cut).
+    """
+    eot = tokenizer.eot_id if append_eot else None
+    if append_eot and eot is None:
+        raise GptlabError("--append-eot: the tokenizer has no <|endoftext|> token")
+    out = []
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise GptlabError(f"text {i + 1} is empty")
+        ids = tokenizer.encode_ordinary(text)
+        if eot is not None:
+            ids = ids[: max_length - 1] + [eot]
+        else:
+            ids = ids[:max_length]
+        if not ids:
+            raise GptlabError(f"text {i + 1} has no tokens")
+        out.append(ids)
+    return out
+
+
+def pad_id_for(tokenizer) -> int:
+    """``<|endoftext|>`` pads, as in the book; 0 when the tokenizer has no such token (padding is masked)."""
+    return tokenizer.eot_id if tokenizer.eot_id is not None else 0
+
+
+@torch.no_grad()
+def predict_logits(
+    model: GPTClassifier, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32, bf16: bool = False
+) -> torch.Tensor:
+    """Class logits ``[N, n_classes]`` (float32) for token lists; batches group similar lengths for speed."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty(len(seqs), model.n_classes)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad_batch([list(seqs[i]) for i in chunk], pad_id)
+        with autocast(bf16):
+            logits = model(ids, mask)
+        out[chunk] = logits.float()
+    model.train(was_training)
+    return out
+
+
+def evaluate(
+    model: GPTClassifier, seqs: Sequence[Sequence[int]], y: Sequence[int], labels: Sequence[str], pad_id: int,
+    batch_size: int = 32, bf16: bool = False,
+) -> dict[str, Any]:
+    """Metrics (see :func:`classification_metrics`) plus mean cross-entropy ``loss``."""
+    logits = predict_logits(model, seqs, pad_id, batch_size, bf16)
+    target = torch.tensor(list(y), dtype=torch.long)
+    m = classification_metrics(target.tolist(), logits.argmax(-1).tolist(), labels)
+    m["loss"] = float(F.cross_entropy(logits, target))
+    return m
+
+
+def build_classifier(cfg: ClassifyConfig, n_classes: int):
+    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied."""
+    from gptlab.model.load import load_model, tokenizer_for
+
+    torch.manual_seed(cfg.seed)
+    gpt = load_model(cfg.model, seed=cfg.seed)
+    tokenizer = tokenizer_for(cfg.model, gpt)
+    if cfg.drop_rate is not None:
+        _set_dropout(gpt, cfg.drop_rate)
+    model = GPTClassifier(gpt, n_classes, seed=cfg.seed)
+    if cfg.trainable == "lora":
+        from gptlab.finetune.lora import apply_lora
+
+        n = apply_lora(gpt, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets.split(","), cfg.lora_dropout)
+    else:
+        n = set_trainable(model, cfg.trainable, cfg.last_blocks)
+    base = Path(cfg.model).expanduser()
+    info = {"model": str(base.resolve()) if base.exists() else cfg.model, "trainable_parameters": n}
+    return model, tokenizer, info
+
+
+def _set_dropout(gpt, p: float) -> None:
+    gpt.cfg = gpt.cfg.replace(drop_rate=p)
+    for m in gpt.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = p
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def save_classifier(
+    model: GPTClassifier, directory: str | os.PathLike, meta: dict[str, Any], labels: LabelMap, tokenizer
+) -> None:
+    """Write the classifier folder's model files (each atomically): weights or adapter, config, labels, tokenizer."""
+    from safetensors.torch import save
+
+    from gptlab.train.checkpoint import model_state_for_saving
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if meta.get("trainable") == "lora":
+        from gptlab.finetune.lora import save_adapter
+
+        save_adapter(model.gpt, directory / "adapter", base={"model": meta.get("base")})
+    else:
+        atomic_write_bytes(directory / "model.safetensors", save(model_state_for_saving(model.gpt)))
+    atomic_write_text(directory / "labels.json", json.dumps(labels.to_dict(), indent=2) + "\n")
+    if not (directory / "tokenizer.json").is_file():
+        tokenizer.save(directory / "tokenizer.json")
+    atomic_write_text(directory / "classifier.json", json.dumps({"format": CLASSIFIER_FORMAT, **meta}, indent=2) + "\n")
+
+
+def is_classifier_dir(path: str | os.PathLike) -> bool:
+    """True if ``path`` holds a classifier written by :func:`save_classifier`."""
+    p = Path(path) / "classifier.json"
+    try:
+        return p.is_file() and json.loads(p.read_text(encoding="utf-8")).get("format") == CLASSIFIER_FORMAT
+    except (ValueError, OSError):
+        return False
+
+
+def load_classifier(directory: str | os.PathLike, base: str | None = None):
+    """``(model, tokenizer, labels, meta)`` from a classifier folder, the model in eval mode.
+
+    A LoRA classifier loads its base model (``base`` overrides the one recorded in ``classifier.json``)
+    and applies the adapter, which refuses a different base model.
+    """
+    from safetensors.torch import load_file
+
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    if not is_classifier_dir(directory):
+        raise GptlabError(f"{directory}: not a classifier folder (no classifier.json from gptlab classify train)")
+    meta = json.loads((directory / "classifier.json").read_text(encoding="utf-8"))
+    try:
+        labels = LabelMap.from_dict(json.loads((directory / "labels.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise GptlabError(f"{directory / 'labels.json'}: cannot read the label map ({exc})") from None
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    if meta.get("trainable") == "lora":
+        from gptlab.finetune.lora import load_adapter
+        from gptlab.model.load import load_model
+
+        gpt = load_model(base or meta["base"])
+        model = GPTClassifier(gpt, len(labels))
+        load_adapter(gpt, directory / "adapter")
+    else:
+        gpt = GPT(GPTConfig.from_dict(meta["model_config"]))
+        model = GPTClassifier(gpt, len(labels))
+        path = directory / "model.safetensors"
+        try:
+            tensors = load_file(str(path))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise GptlabError(f"{path}: cannot read weights ({exc})") from None
+        own = gpt.state_dict()
+        for name, t in tensors.items():
+            if name in own and own[name].shape != t.shape:
+                raise GptlabError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(own[name].shape)}")
+        missing, unexpected = gpt.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise GptlabError(f"{path}: weights do not match the classifier (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval(), tokenizer, labels, meta
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _lr_at(step: int, total: int, cfg: ClassifyConfig) -> float:
+    warm = int(cfg.warmup_frac * total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+    return cfg.lr
+
+
+def train_classifier(
+    cfg: ClassifyConfig,
+    splits: Splits,
+    out_dir: str | os.PathLike | None,
+    split_info: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``splits.train``, keep the best epoch by validation accuracy, and report.
+
+    Returns a dict with ``best_epoch``, per-split metrics of the best checkpoint (``train``, ``val``,
+    ``test`` and, for a balanced split, ``left_out``), ``history`` (one record per epoch),
+    ``trainable_parameters`` and ``seconds``. With ``out_dir`` None nothing is written (benchmarks).
+    """
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    labels = LabelMap.from_labels(splits.train)
+    y_train = labels.encode(splits.train)
+    y_val = labels.encode(splits.val)
+    y_test = labels.encode(splits.test)
+    t0 = time.perf_counter()
+    model, tokenizer, base_info = build_classifier(cfg, len(labels))
+    max_length = min(cfg.max_length or model.cfg.context_length, model.cfg.context_length)
+    pad_id = pad_id_for(tokenizer)
+    enc = lambda d: encode_texts(tokenizer, d.texts, max_length, cfg.append_eot)  # noqa: E731
+    x_train, x_val, x_test = enc(splits.train), enc(splits.val), enc(splits.test)
+    bf16 = use_bf16(cfg.precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    meta = {
+        "base": base_info["model"],
+        "model_config": model.cfg.to_dict(),
+        "n_classes": len(labels),
+        "trainable": cfg.trainable,
+        "trainable_parameters": base_info["trainable_parameters"],
+        "max_length": max_length,
+        "pad_id": pad_id,
+        "append_eot": cfg.append_eot,
+        "train_config": asdict(cfg),
+        "data": split_info or {},
+    }
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    log(
+        f"fine-tuning {cfg.model} ({cfg.trainable}, {base_info['trainable_parameters']:,} trainable parameters) "
+        f"on {len(x_train)} examples, {len(labels)} classes, {cfg.epochs} epochs"
+    )
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    step = 0
+    bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress, dynamic_ncols=True)
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(range(len(x_train)))
+        rng.shuffle(order)
+        run_loss, run_n = 0.0, 0
+        for b in range(steps_per_epoch):
+            chunk = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            ids, mask = pad_batch([x_train[i] for i in chunk], pad_id)
+            target = torch.tensor([y_train[i] for i in chunk])
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg)
+            with autocast(bf16):
+                logits = model(ids, mask)
+            loss = F.cross_entropy(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise GptlabError(f"loss became {loss.item()} at epoch {epoch} step {b}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            run_loss += loss.item() * len(chunk)
+            run_n += len(chunk)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{run_loss / run_n:.4f}")
+        train_eval = list(range(len(x_train)))
+        if cfg.eval_train_examples and cfg.eval_train_examples < len(train_eval):
+            train_eval = train_eval[: cfg.eval_train_examples]
+        m_train = evaluate(model, [x_train[i] for i in train_eval], [y_train[i] for i in train_eval], labels.names, pad_id, bf16=bf16)
+        m_val = evaluate(model, x_val, y_val, labels.names, pad_id, bf16=bf16)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "train_loss_running": run_loss / run_n,
+            "train_loss": m_train["loss"],
+            "val_loss": m_val["loss"],
+            "train_accuracy": m_train["accuracy"],
+            "val_accuracy": m_val["accuracy"],
+            "val_f1": m_val["f1"],
+        }
+        history.append(record)
+        improved = best is None or (m_val["accuracy"], -m_val["loss"]) > (best["val_accuracy"], -best["val_loss"])
+        if improved:
+            best = record
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out is not None:
+                save_classifier(model, out, {**meta, "best": record}, labels, tokenizer)
+        bar.write(
+            f"epoch {epoch}: train loss {m_train['loss']:.4f} acc {100 * m_train['accuracy']:.2f}%  "
+            f"val loss {m_val['loss']:.4f} acc {100 * m_val['accuracy']:.2f}%{'  (best)' if improved else ''}"
+        ) if progress else log(
+            f"epoch {epoch}: train acc {100 * m_train['accuracy']:.2f}% val acc {100 * m_val['accuracy']:.2f}%"
+            f"{' (best)' if improved else ''}"
+        )
+        if out is not None:
+            from gptlab.train.metrics import MetricsLog
+
+            MetricsLog(out / "metrics.jsonl").append(record)
+            _plots(history, out)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    result: dict[str, Any] = {
+        "best_epoch": best["epoch"],
+        "trainable_parameters": base_info["trainable_parameters"],
+        "train_seconds": round(train_seconds, 2),
+        "history": history,
+        "labels": labels.names,
+    }
+    result["train"] = evaluate(model, x_train, y_train, labels.names, pad_id, bf16=bf16)
+    result["val"] = evaluate(model, x_val, y_val, labels.names, pad_id, bf16=bf16)
+    result["test"] = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)
+    if splits.left_out is not None and len(splits.left_out):
+        y_left = labels.encode(splits.left_out)
+        result["left_out"] = evaluate(model, enc(splits.left_out), y_left, labels.names, pad_id, bf16=bf16)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    if out is not None:
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    result["model"] = model
+    return result
+
+
+def _plots(history: list[dict[str, Any]], out: Path) -> None:
+    from gptlab.train.metrics import plot_curves
+
+    plot_curves(history, out / "loss.png", x="epoch", series=("train_loss", "val_loss"), title="classifier loss")
+    plot_curves(
+        history, out / "accuracy.png", x="epoch", series=("train_accuracy", "val_accuracy"),
+        title="classifier accuracy", ylabel="accuracy",
+    )
+
+
+def classify_texts(
+    model: GPTClassifier, tokenizer, labels: LabelMap, meta: dict[str, Any], texts: Sequence[str], batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """For each text: ``{"text", "label", "probabilities": {label: p}}``."""
+    seqs = encode_texts(tokenizer, texts, int(meta["max_length"]), bool(meta.get("append_eot")))
+    logits = predict_logits(model, seqs, int(meta["pad_id"]), batch_size, use_bf16(meta.get("train_config", {}).get("precision", "auto")))
+    probs = torch.softmax(logits, dim=-1)
+    return [
+        {
+            "text": t,
+            "label": labels.names[int(p.argmax())],
+            "probabilities": {n: round(float(v), 6) for n, v in zip(labels.names, p)},
+        }
+        for t, p in zip(texts, probs)
+    ]
+
+
+def labeled_texts_metrics(
+    model: GPTClassifier, tokenizer, labels: LabelMap, meta: dict[str, Any], data: LabeledTexts
+) -> dict[str, Any]:
+    """Metrics of a saved classifier on labelled ``data`` (unknown labels are an error)."""
+    y = labels.encode(data)
+    seqs = encode_texts(tokenizer, data.texts, int(meta["max_length"]), bool(meta.get("append_eot")))
+    bf16 = use_bf16(meta.get("train_config", {}).get("precision", "auto"))
+    return evaluate(model, seqs, y, labels.names, int(meta["pad_id"]), bf16=bf16)
