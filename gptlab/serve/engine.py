@@ -111,6 +111,8 @@ class Engine:
         self.eos_id = tokenizer.eot_id if eos_id == -1 else eos_id
         self.device = next(model.parameters()).device
         self.cache = SlotCache.for_model(model, max_batch)
+        # A model whose vocabulary is padded past the tokenizer's must never emit the padding ids.
+        self._n_vocab = tokenizer.n_vocab if tokenizer.n_vocab < model.cfg.vocab_size else None
         self._rows: list[Request] = []  # row r of the cache belongs to self._rows[r]
         self._pending: list[int] = []  # the token each row feeds at the next step
         self._waiting: deque[Request] = deque()
@@ -123,6 +125,7 @@ class Engine:
         self.steps = 0
         self.cancelled = 0
         self.peak_batch = 0  # most rows decoded in one step
+        self.failures = 0  # prefills or decode steps that raised (their requests got an error event)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +161,7 @@ class Engine:
             "steps": self.steps,
             "cancelled": self.cancelled,
             "peak_batch": self.peak_batch,
+            "failures": self.failures,
         }
 
     # ------------------------------------------------------------------ requests
@@ -237,11 +241,25 @@ class Engine:
                     for req in admitted:
                         if req.cancelled:
                             self._finish(req, "cancelled")
-                        else:
+                            continue
+                        try:
                             self._prefill(req)
+                        except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a long prompt
+                            self._fail(req, f"generation failed: {exc}")
+                            self.failures += 1
                     if self._rows:
-                        self._decode_step()
-        except BaseException as exc:  # a bug or an out-of-memory: fail every request, say why once
+                        try:
+                            self._decode_step()
+                        except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving the others
+                            self.failures += 1
+                            print(f"gptlab serve: a decode step failed: {exc!r}", file=sys.stderr)
+                            for req in self._rows:
+                                self._fail(req, f"generation failed: {exc}")
+                            self._rows.clear()
+                            self._pending.clear()
+                            self.cache.n = 0
+                            self.cache.width = 0
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, or a bug in the loop itself
             self.error = exc
             print(f"gptlab serve: the generation engine stopped: {exc!r}", file=sys.stderr)
             traceback.print_exc()
@@ -278,6 +296,9 @@ class Engine:
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
         """One token per row: a batched argmax for greedy rows, each sampled row with its own generator."""
         out: list[int] = [0] * len(reqs)
+        if self._n_vocab is not None:
+            logits = logits.clone()
+            logits[:, self._n_vocab :] = float("-inf")
         greedy = [r for r, req in enumerate(reqs) if req.params.temperature <= 0.0]
         if greedy:
             best = logits.argmax(dim=-1).tolist()
@@ -337,14 +358,17 @@ class Engine:
         self._rows.pop()
         self._pending.pop()
 
+    def _fail(self, req: Request, message: str) -> None:
+        if req.finish_reason is None:
+            req.finish_reason = "error"
+            req.events.put(Event("error", req.tag, text=message))
+
     def _fail_all(self, message: str) -> None:
         with self._cv:
             pending = list(self._waiting) + list(self._rows)
             self._waiting.clear()
         for req in pending:
-            if req.finish_reason is None:
-                req.finish_reason = "error"
-                req.events.put(Event("error", req.tag, text=message))
+            self._fail(req, message)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:  # noqa: ANN001

@@ -172,3 +172,40 @@ def test_text_stream_never_leaks_stop_prefixes_or_broken_characters(gpt2_tok):
     stream = TextStream(gpt2_tok, stop=["User:"])
     out = "".join(stream.feed(t) for t in gpt2_tok.encode("ok Use")) + stream.finish()
     assert out == "ok Use"
+
+
+class _Faulty:
+    """A model that raises on prompts containing ``bad_id`` and on decode step number ``bad_step``."""
+
+    def __init__(self, model, bad_id: int, bad_step: int) -> None:
+        self.model, self.bad_id, self.bad_step, self.steps = model, bad_id, bad_step, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, idx, **kwargs):
+        if idx.size(1) == 1:
+            self.steps += 1
+            if self.steps == self.bad_step:
+                raise RuntimeError("decode exploded")
+        elif bool((idx == self.bad_id).any()):
+            raise RuntimeError("prefill exploded")
+        return self.model(idx, **kwargs)
+
+
+def test_a_failing_forward_fails_only_its_requests(model, gpt2_tok):
+    engine = Engine(model, gpt2_tok, max_batch=4)
+    engine.model = _Faulty(model, bad_id=999, bad_step=3)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        bad = engine.submit([5, 999, 6], params)
+        assert _drain(bad)[-1].kind == "error" and bad.finish_reason == "error"
+        with engine._cv:  # both admitted together, so both are in the batch when decode step 3 fails
+            a, b = engine.submit([1, 2], params), engine.submit([3], params)
+        assert _drain(a)[-1].kind == "error" and _drain(b)[-1].text == "generation failed: decode exploded"
+        after = engine.submit([1, 2], params)  # the engine keeps serving, with a clean cache
+        assert _drain(after)[-1].finish_reason == "length" and after.tokens == model.generate([1, 2], 8)
+        assert engine.alive and engine.stats()["failures"] == 2 and engine.stats()["active"] == 0
+    finally:
+        engine.stop()
