@@ -10,6 +10,7 @@ import torch
 from gptlab.model import GPT, GPTConfig
 
 API_KEY = "sk-test-key"
+SLOW_KEY = "sk-slow-key"  # the key of the `slow_server` fixture
 # Small enough that a decode step of 16 rows takes a few milliseconds on one core; GPT-2's vocabulary
 # so real text round-trips; a short context so compaction of the slot cache is exercised.
 TINY = GPTConfig(vocab_size=50257, context_length=96, emb_dim=32, n_heads=4, n_layers=2, tie_weights=True)
@@ -80,6 +81,6 @@ def slow_server(model, gpt2_tok):
 
     engine = Engine(model, gpt2_tok, max_batch=2)
     engine.model = _SlowGPT(model, 0.02)
-    srv = create_server(engine, "127.0.0.1", 0).start()
+    srv = create_server(engine, "127.0.0.1", 0, api_key=SLOW_KEY).start()
     yield srv
     srv.close()

@@ -49,6 +49,13 @@ def test_chat_in_chromium(browser, slow_server, model, gpt2_tok, tmp_path):
     page = browser.new_page()
     try:
         page.goto(slow_server.url + "/")
+        # Without the server's API key the page shows the server's error.
+        page.fill("#input", "Hello there")
+        page.press("#input", "Enter")
+        page.wait_for_selector(".error")
+        assert "Incorrect API key" in page.inner_text(".error")
+        page.click("#reset")
+        page.fill("#api-key", "sk-slow-key")
         page.fill("#temperature", "0")
         page.fill("#max-tokens", "12")
         # Count how often the answer bubble changes while it streams.

@@ -215,6 +215,7 @@ def test_client_disconnect_frees_its_slot(slow_server):
         sock = socket.create_connection((host, port), timeout=30)
         body = json.dumps({"prompt": "x", "max_tokens": 90, "stream": stream, "ignore_eos": True}).encode()
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer sk-slow-key\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert wait_until(lambda: engine.stats()["active"] == 1, 10)
         if stream:
