@@ -88,7 +88,7 @@ def _rate(host: str, port: int, clients: int, prompt: list[int], max_tokens: int
 
 
 def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 8, requests: int = 2,
-                  max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 3, stream: bool = False,
+                  max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 5, stream: bool = False,
                   seed: int = 0) -> tuple[Result, dict[str, Any]]:
     """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result."""
     import torch
@@ -176,7 +176,7 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=2, help="requests each client sends per run (default 2)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
