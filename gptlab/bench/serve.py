@@ -171,7 +171,8 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
         "measure total tokens/s with N concurrent clients against one client; target >= 3x for 8 clients.",
     )
     p.add_argument("--preset", default="gpt2", help="model preset, random weights (default gpt2: 124M)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="weights dtype (default bfloat16)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="weights dtype (default bfloat16)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (and batch slots; default 8)")
     p.add_argument("--requests", type=int, default=2, help="requests each client sends per run (default 2)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")

@@ -189,7 +189,7 @@ class Engine:
         """Queue a request; its :class:`Event` s arrive on ``events`` (a new queue by default), tagged ``tag``."""
         prompt = [int(t) for t in prompt]
         self.check_fits(len(prompt), params.max_tokens)
-        if self.error is not None or (self._thread is not None and not self.alive):
+        if self._stopping or self.error is not None or (self._thread is not None and not self.alive):
             raise RuntimeError("the generation engine has stopped")
         req = Request(prompt, params, events if events is not None else queue.Queue(), tag)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
