@@ -209,6 +209,13 @@ def save_classifier(
         from gptlab.finetune.lora import save_adapter
 
         save_adapter(model.gpt, directory / "adapter", base={"model": meta.get("base")})
+        # The new head is not part of the base model; in the book's LoRA setup it stays frozen at its
+        # random initialisation (its adapter learns), so its weights must be kept beside the adapter.
+        head = model.gpt.out_head
+        tensors = {"weight": head.weight.detach().contiguous().cpu()}
+        if head.bias is not None:
+            tensors["bias"] = head.bias.detach().contiguous().cpu()
+        atomic_write_bytes(directory / "head.safetensors", save(tensors))
     else:
         atomic_write_bytes(directory / "model.safetensors", save(model_state_for_saving(model.gpt)))
     atomic_write_text(directory / "labels.json", json.dumps(labels.to_dict(), indent=2) + "\n")
@@ -252,6 +259,14 @@ def load_classifier(directory: str | os.PathLike, base: str | None = None):
 
         gpt = load_model(base or meta["base"])
         model = GPTClassifier(gpt, len(labels))
+        path = directory / "head.safetensors"
+        try:
+            head = load_file(str(path))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise GptlabError(f"{path}: cannot read the classification head ({exc})") from None
+        if head["weight"].shape != gpt.out_head.weight.shape:
+            raise GptlabError(f"{path}: head has shape {tuple(head['weight'].shape)}, expected {tuple(gpt.out_head.weight.shape)}")
+        gpt.out_head.load_state_dict(head)
         load_adapter(gpt, directory / "adapter")
     else:
         gpt = GPT(GPTConfig.from_dict(meta["model_config"]))

@@ -1,0 +1,115 @@
+"""Fine-tuning end to end on a tiny model: learning, the saved folder, reload, LoRA adapters."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.finetune.classify.data import LabeledTexts, balanced_split
+from gptlab.finetune.classify.train import (
+    ClassifyConfig,
+    classify_texts,
+    load_classifier,
+    train_classifier,
+)
+from gptlab.model import GPT, GPTConfig
+
+TINY = GPTConfig(context_length=64, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)  # GPT-2's vocabulary
+
+
+def tiny_base(path, seed=0):
+    torch.manual_seed(seed)
+    GPT(TINY).save_pretrained(path)
+    return str(path)
+
+
+def toy_data(n: int = 240, seed: int = 0) -> LabeledTexts:
+    """Three classes told apart by a topic word somewhere in the sentence."""
+    rng = random.Random(seed)
+    topics = {"sport": ["football", "tennis", "goal"], "food": ["pizza", "bread", "soup"], "tech": ["laptop", "phone", "code"]}
+    filler = ["the", "a", "today", "I", "really", "like", "this", "my", "friend", "said", "about", "new"]
+    texts, labels = [], []
+    for i in range(n):
+        label = list(topics)[i % 3]
+        words = rng.sample(filler, 2)
+        words.insert(rng.randrange(3), rng.choice(topics[label]))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return LabeledTexts(texts, labels, "toy")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tiny_base(tmp_path_factory.mktemp("base") / "tiny")
+
+
+def fast_cfg(base, **kw):
+    return ClassifyConfig(model=base, trainable="all", epochs=4, batch_size=8, lr=5e-3, threads=1, **kw)
+
+
+def test_learns_saves_and_reloads(base, tmp_path):
+    splits = balanced_split(toy_data(), seed=1, balance=False)
+    out = tmp_path / "clf"
+    r = train_classifier(fast_cfg(base), splits, out, {"data": "toy"}, progress=False, log=lambda m: None)
+    assert r["test"]["accuracy"] >= 0.9 and r["val"]["accuracy"] >= 0.9
+    assert len(r["history"]) == 4 and 1 <= r["best_epoch"] <= 4
+    for f in ("classifier.json", "labels.json", "tokenizer.json", "model.safetensors", "metrics.jsonl",
+              "loss.png", "accuracy.png", "results.json"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "labels.json").read_text()) == {"labels": ["food", "sport", "tech"]}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    meta = json.loads((out / "classifier.json").read_text())
+    assert meta["best"]["epoch"] == r["best_epoch"]
+    # The folder holds the best epoch's weights: reloading gives the same test predictions.
+    model, tok, labels, meta = load_classifier(out)
+    preds = classify_texts(model, tok, labels, meta, splits.test.texts)
+    again = r["model"]
+    with torch.no_grad():
+        ref = classify_texts(again, tok, labels, meta, splits.test.texts)
+    assert [p["label"] for p in preds] == [p["label"] for p in ref]
+    acc = sum(p["label"] == y for p, y in zip(preds, splits.test.labels)) / len(preds)
+    assert acc == r["test"]["accuracy"]
+    assert abs(sum(preds[0]["probabilities"].values()) - 1) < 1e-4
+
+
+def test_last_block_scope_leaves_the_rest_untouched(base, tmp_path):
+    splits = balanced_split(toy_data(60), seed=2, balance=False)
+    r = train_classifier(
+        ClassifyConfig(model=base, trainable="last", epochs=1, lr=1e-3, threads=1), splits, None,
+        progress=False, log=lambda m: None,
+    )
+    start = GPT.from_pretrained(base)
+    tuned = r["model"].gpt
+    assert torch.equal(tuned.blocks[0].att.qkv.weight, start.blocks[0].att.qkv.weight)
+    assert torch.equal(tuned.tok_emb.weight, start.tok_emb.weight)
+    assert not torch.equal(tuned.blocks[1].att.qkv.weight, start.blocks[1].att.qkv.weight)
+
+
+def test_lora_adapter_folder_and_wrong_base(base, tmp_path):
+    splits = balanced_split(toy_data(), seed=3, balance=False)
+    out = tmp_path / "lora"
+    cfg = fast_cfg(base, lora_rank=4, lora_alpha=8)
+    cfg.trainable = "lora"
+    r = train_classifier(cfg, splits, out, progress=False, log=lambda m: None)
+    assert (out / "adapter" / "adapter.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert (out / "head.safetensors").is_file()
+    assert (out / "adapter" / "adapter.safetensors").stat().st_size < 200_000  # adapters only, not the base
+    model, tok, labels, meta = load_classifier(out)
+    preds = [p["label"] for p in classify_texts(model, tok, labels, meta, splits.test.texts)]
+    assert sum(p == y for p, y in zip(preds, splits.test.labels)) / len(preds) == r["test"]["accuracy"]
+    other = tiny_base(tmp_path / "other", seed=1)
+    with pytest.raises(GptlabError, match="different base model"):
+        load_classifier(out, base=other)
+
+
+def test_unknown_label_in_validation_is_refused(base):
+    train = toy_data(30)
+    val = LabeledTexts(["a pizza"], ["drinks"], "val.csv", [2])
+    from gptlab.finetune.classify.data import Splits
+
+    with pytest.raises(GptlabError, match="unknown label 'drinks'"):
+        train_classifier(fast_cfg(base), Splits(train, val, train), None, progress=False, log=lambda m: None)
