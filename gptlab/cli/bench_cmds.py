@@ -15,6 +15,7 @@ _TARGET_MODULES = [
     "gptlab.bench.prepare",
     "gptlab.bench.model",
     "gptlab.bench.pretrain",
+    "gptlab.bench.classify",
     "gptlab.bench.instruct",
     "gptlab.bench.serve",
 ]

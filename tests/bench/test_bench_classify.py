@@ -1,0 +1,44 @@
+"""``gptlab bench classify --quick``: the whole benchmark path on a tiny model, and the TF-IDF baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gptlab.cli import main
+from gptlab.finetune.classify.baseline import TfidfLogReg, accuracy
+from gptlab.finetune.classify.data import balanced_split, read_sms_spam
+
+
+def test_bench_classify_quick_json(capsys):
+    assert main(["bench", "classify", "--quick", "--threads", "1", "--json"]) == 0
+    out, _ = capsys.readouterr()
+    r = json.loads(out)
+    assert r["quick"] and not r["met"] and r["seeds"] == [123]
+    run = r["runs"][0]
+    assert run["left_out_ham"] == 4080
+    assert 0.5 < run["test_accuracy"] <= 1 and 0 <= run["left_out_fpr"] <= 1
+    assert sum(map(sum, run["test_confusion"])) == 300
+    # The baseline on the book's seed: scikit-learn's TfidfVectorizer + LogisticRegression give 293/300.
+    assert run["tfidf_test_accuracy"] == pytest.approx(293 / 300)
+    assert r["book"]["GPT-2 124M, last block + head (book ch. 6)"] == 0.9567
+
+
+def test_tfidf_baseline_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841 - a reference only where installed
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    s = balanced_split(read_sms_spam(), 124)
+    ours = TfidfLogReg().fit(s.train.texts, s.train.labels).predict(s.test.texts)
+    vec = TfidfVectorizer()
+    ref = LogisticRegression().fit(vec.fit_transform(s.train.texts), s.train.labels).predict(vec.transform(s.test.texts))
+    assert ours == list(ref)
+
+
+def test_tfidf_multiclass_learns():
+    texts = ["red apple", "green apple", "blue sky", "grey sky", "fast car", "red car"] * 3
+    labels = ["fruit", "fruit", "sky", "sky", "car", "car"] * 3
+    m = TfidfLogReg(c=10).fit(texts, labels)
+    assert accuracy(m.predict(["apple pie", "cloudy sky", "old car"]), ["fruit", "sky", "car"]) == 1.0
