@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -47,9 +46,8 @@ class TrainTask:
       plain model's names (e.g. LoRA merged into the base), so a checkpoint loads like any run's.
       When set, the trainable tensors are kept in ``state.pt`` for resuming and the base weights
       come from ``build_model()`` again. None: the model's own state dict (full fine-tuning).
-    * ``run_info``: extra JSON written into the run's ``config.json`` under ``"task"`` (what a
-      resume needs to rebuild the task), and ``after_save`` a hook run on rank 0 after the run's
-      files exist (e.g. writing ``prompt_style.json``).
+    * ``run_info``: extra JSON written into the run's ``config.json`` under ``"task"`` (with
+      ``name``): what a resume needs to rebuild the task.
     """
 
     name: str
@@ -60,7 +58,6 @@ class TrainTask:
     train_eval_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     export_weights: Callable[[torch.nn.Module], dict[str, torch.Tensor]] | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
-    after_save: Callable[[Path], None] | None = None
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
