@@ -102,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     if r["judge"]:
         j = r["judge"]
         avg = f"{j['average']:.1f}" if j["average"] is not None else "-"
-        print(f"  judge {j['model']}: average {avg} ({j['scored']} scored, {j['unscorable']} unscorable"
+        print(f"  judge {j['model']}: average {avg} ({j['scored']} scored, {j['unscorable']} unscorable, "
+              f"{j['rejected']} rejected"
               + (f"; error: {j['error']}" if j["error"] else "") + ")")
     print(f"  {'PASS' if r['pass'] else 'FAIL'}")
     return 0

@@ -213,7 +213,8 @@ def _eval(args: argparse.Namespace) -> int:
         if judge:
             avg = f"{judge['average']:.2f}" if judge["average"] is not None else "-"
             print(f"  judge ({judge['model']}): average {avg} over {judge['scored']} scored answers; "
-                  f"{judge['unscorable']} replies unscorable, {judge['not_judged']} not judged")
+                  f"{judge['unscorable']} replies unscorable, {judge['rejected']} requests rejected, "
+                  f"{judge['not_judged']} not judged")
             peak = max([b["count"] for b in judge["histogram"]] + [1])
             for b in judge["histogram"]:
                 bar = "#" * round(40 * b["count"] / peak)

@@ -96,7 +96,7 @@ def test_train_generate_eval(capsys, tmp_path, base_model, data_file):
     finally:
         server.close()
     assert code == 0, err
-    assert "judge (stub): average 75.00 over 4 scored answers; 0 replies unscorable, 0 not judged" in out
+    assert "judge (stub): average 75.00 over 4 scored answers; 0 replies unscorable, 0 requests rejected, 0 not judged" in out
     assert "ROUGE-L" in out and server.count == 4
     scored = json.loads((tmp_path / "answers-scored.json").read_text())
     assert scored["summary"]["judge"]["histogram"][7]["count"] == 4

@@ -221,3 +221,18 @@ def test_judge_through_gptlab_serve(responses, tmp_path):
     saved = json.loads((tmp_path / "s.json").read_text())["entries"]
     assert all(isinstance(e["judge_reply"], str) for e in saved)
     assert [e["judge_score"] for e in saved] == [parse_score(e["judge_reply"]) for e in saved]
+
+
+def test_a_refused_request_is_counted_and_judging_goes_on(responses, tmp_path):
+    too_long = ("raw", 400, b'{"error": {"message": "maximum context length is 256 tokens", "code": "context_length_exceeded"}}')
+    with ChatStub(["90", too_long, "x", "10"]) as stub:
+        summary = evaluate_responses(responses, tmp_path / "s.json", stub.url, "m", progress=False, log=lambda m: None)
+    judge = summary["judge"]
+    assert (judge["judged"], judge["scored"], judge["unscorable"], judge["rejected"], judge["error"]) == (4, 2, 1, 1, None)
+    assert judge["average"] == pytest.approx(50)
+    saved = json.loads((tmp_path / "s.json").read_text())["entries"]
+    assert "HTTP 400" in saved[1]["judge_error"] and saved[1]["judge_reply"] is None
+    # A rerun keeps all four (nothing left to judge), the refusal included.
+    with ChatStub([]) as stub:
+        again = evaluate_responses(responses, tmp_path / "s.json", stub.url, "m", progress=False, log=lambda m: None)
+    assert len(stub.requests) == 0 and again["judge"]["rejected"] == 1

@@ -2,7 +2,7 @@
 
 The scored file (``--out``) holds ``{"summary": ..., "entries": [...]}``: each entry with its
 ``scores`` and, once judged, ``judge_reply`` and ``judge_score`` (None when the reply was not an
-integer from 0 to 100). It is rewritten atomically after every judged answer, so when the judge
+integer from 0 to 100; ``judge_error`` says why when the endpoint refused that one request). It is rewritten atomically after every judged answer, so when the judge
 endpoint dies the answers judged so far are kept, and running the command again judges only the rest.
 """
 
@@ -17,7 +17,14 @@ from typing import Any, Callable
 from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.data import load_examples
 from gptlab.finetune.instruct.generate import RESPONSE_FIELD
-from gptlab.finetune.instruct.judge import ChatJudge, JudgeUnavailable, histogram, judge_prompt, parse_score
+from gptlab.finetune.instruct.judge import (
+    ChatJudge,
+    JudgeRejected,
+    JudgeUnavailable,
+    histogram,
+    judge_prompt,
+    parse_score,
+)
 from gptlab.finetune.instruct.metrics import score_entry
 from gptlab.io import atomic_write_text
 
@@ -47,7 +54,10 @@ def _previous_judgements(out: Path, entries: list[dict[str, Any]], judge_model: 
     for i, (o, e) in enumerate(zip(old, entries)):
         if (isinstance(o, dict) and "judge_reply" in o and o.get(RESPONSE_FIELD) == e[RESPONSE_FIELD]
                 and o.get("output") == e["output"] and o.get("instruction") == e["instruction"]):
-            kept[i] = {"judge_reply": o["judge_reply"], "judge_score": parse_score(o["judge_reply"])}
+            reply = o["judge_reply"]
+            kept[i] = {"judge_reply": reply, "judge_score": parse_score(reply) if isinstance(reply, str) else None}
+            if "judge_error" in o:
+                kept[i]["judge_error"] = o["judge_error"]
     return kept
 
 
@@ -104,11 +114,14 @@ def evaluate_responses(
             for i in todo:
                 try:
                     reply = judge.complete(judge_prompt(entries[i]))
+                except JudgeRejected as exc:  # this answer only: record why, go on with the next
+                    reply = None
+                    entries[i]["judge_error"] = str(exc)
                 except JudgeUnavailable as exc:
                     info["error"] = str(exc)
                     break
                 entries[i]["judge_reply"] = reply
-                entries[i]["judge_score"] = parse_score(reply)
+                entries[i]["judge_score"] = parse_score(reply) if reply is not None else None
                 _judge_summary(info, entries)
                 save()
                 if bar is not None:
@@ -125,10 +138,12 @@ def _judge_summary(info: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     """Fill counts, average and histogram from the entries judged so far."""
     judged = [e for e in entries if "judge_reply" in e]
     scores = [e["judge_score"] for e in judged if e.get("judge_score") is not None]
+    rejected = sum("judge_error" in e for e in judged)
     info.update({
         "judged": len(judged),
         "scored": len(scores),
-        "unscorable": len(judged) - len(scores),
+        "unscorable": len(judged) - len(scores) - rejected,  # replies that were not an integer 0-100
+        "rejected": rejected,  # requests the endpoint refused (e.g. beyond its context)
         "not_judged": len(entries) - len(judged),
         "average": _mean(scores),
         "histogram": histogram(scores),

@@ -3,8 +3,10 @@
 Each answer is scored with the book's chapter 7 prompt ("... score the model response ... on a scale
 from 0 to 100 ... Respond with the integer number only."), at temperature 0. The reply must be an
 integer from 0 to 100 and nothing else (surrounding whitespace aside); any other reply is counted as
-unscorable, never guessed at. A reply that is not the chat API's JSON, or an endpoint that cannot be
-reached, stops the judging with a :class:`JudgeUnavailable` that says how far it got.
+unscorable, never guessed at. A request the endpoint refuses (HTTP 400/413/422, e.g. a prompt beyond a
+small judge's context) is counted as rejected and judging goes on; a reply that is not the chat API's
+JSON, another HTTP error, or an endpoint that cannot be reached stops the judging
+(:class:`JudgeUnavailable`), keeping what was judged.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ _INTEGER = re.compile(r"\s*(\d{1,3})\s*")
 
 class JudgeUnavailable(GptlabError):
     """The judge endpoint is down, unreachable, or does not answer in the chat-completions format."""
+
+
+class JudgeRejected(GptlabError):
+    """The endpoint refused this one request (HTTP 400/413/422, e.g. a prompt beyond its context)."""
+
+
+# Statuses that mean "this request", not "this endpoint": judging goes on with the next answer.
+_PER_REQUEST_STATUS = (400, 413, 422)
 
 
 def book_input_text(entry: dict[str, Any]) -> str:
@@ -82,7 +92,11 @@ class ChatJudge:
         self.max_tokens = max_tokens
 
     def complete(self, prompt: str) -> str:
-        """The assistant's reply to one user message, at temperature 0; raises :class:`JudgeUnavailable`."""
+        """The assistant's reply to one user message, at temperature 0.
+
+        Raises :class:`JudgeRejected` when the endpoint refuses this request only, and
+        :class:`JudgeUnavailable` when it is down or does not speak the chat-completions API.
+        """
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -100,7 +114,8 @@ class ChatJudge:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:200].decode("utf-8", "replace").strip()
-            raise JudgeUnavailable(f"judge {self.url} answered HTTP {exc.code} ({detail or exc.reason})") from None
+            kind = JudgeRejected if exc.code in _PER_REQUEST_STATUS else JudgeUnavailable
+            raise kind(f"judge {self.url} answered HTTP {exc.code} ({detail or exc.reason})") from None
         except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise JudgeUnavailable(f"judge {self.url} is not reachable ({reason})") from None
