@@ -89,8 +89,8 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
     if not parts["val"]:
         raise GptlabError(f"--data {icfg.data}: {len(examples)} entries leave no validation examples")
 
-    # Load once to learn the config and tokenizer; build_model() loads again (cheap next to training)
-    # so that a resume rebuilds exactly the same starting point.
+    # Loaded here to learn the context length and tokenizer; build_model() hands this copy to the
+    # trainer the first time and loads again after that (a resume rebuilds the same starting point).
     probe = load_model(icfg.model)
     tokenizer = tokenizer_for(icfg.model, probe)
     pad_id = tokenizer.eot_id
@@ -100,7 +100,7 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
     max_length = icfg.max_length or context
     if max_length > context:
         raise GptlabError(f"--max-length {max_length} exceeds the model's context length {context}")
-    del probe
+    loaded = [probe]
 
     encoded = {name: [encode_example(tokenizer, style, e) for e in parts[name]] for name in SPLITS}
     too_long = sum(len(ids) > max_length for ids, _ in encoded["train"])
@@ -118,7 +118,7 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
                                tcfg.eval_train_batches) if tcfg.eval_train_batches else []
 
     def build_model() -> torch.nn.Module:
-        model = load_model(icfg.model)
+        model = loaded.pop() if loaded else load_model(icfg.model)
         if icfg.drop_rate is not None:
             _set_dropout(model, icfg.drop_rate)
         if icfg.lora_rank:
