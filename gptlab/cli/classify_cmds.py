@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--lora-targets", default="all",
                    help="layers that get adapters: all, attn, qkv, ff, head or name patterns like 'blocks.*.att.qkv', comma-separated (default all)")
     t.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    t.add_argument("--lm-epochs", type=int, default=0,
+                   help="first adapt the base model as a language model on the training texts for N epochs (ULMFiT; default 0)")
+    t.add_argument("--lm-lr", type=float, default=1e-3, help="learning rate of --lm-epochs (default 1e-3)")
     t.add_argument("--epochs", type=int, default=5, help="passes over the training set (default 5)")
     t.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
     t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW (default 5e-5, the book)")
@@ -145,6 +148,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_frac=args.warmup, schedule=args.schedule, max_length=args.max_length, append_eot=args.append_eot,
         drop_rate=args.dropout, precision=args.precision, seed=args.seed, threads=args.threads,
+        lm_epochs=args.lm_epochs, lm_lr=args.lm_lr,
     )
     cfg.validate()
     splits, info = _split(args)

@@ -65,6 +65,10 @@ class ClassifyConfig:
     seed: int = 123  # head initialisation, batch order, dropout
     eval_train_examples: int = 0  # evaluate on this many training examples per epoch (0 = all)
     threads: int | None = None
+    # ULMFiT-style domain adaptation: first train the base model as a language model on the training
+    # texts (no labels) for this many epochs, then fine-tune it as a classifier.
+    lm_epochs: int = 0
+    lm_lr: float = 1e-3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -80,6 +84,10 @@ class ClassifyConfig:
             raise GptlabError(f"--schedule {self.schedule!r}: expected constant or cosine")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise GptlabError(f"--precision {self.precision!r}: expected auto, bf16 or fp32")
+        if self.lm_epochs < 0:
+            raise GptlabError(f"--lm-epochs must be 0 or more, got {self.lm_epochs}")
+        if self.lm_epochs and self.trainable == "lora":
+            raise GptlabError("--lm-epochs changes the base model, so it cannot be combined with LoRA adapters")
         if self.max_length is not None and self.max_length < 2:
             raise GptlabError(f"--max-length must be at least 2, got {self.max_length}")
 
@@ -162,8 +170,54 @@ def evaluate(
     return m
 
 
-def build_classifier(cfg: ClassifyConfig, n_classes: int):
-    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied."""
+def adapt_language_model(
+    gpt, tokenizer, texts: Sequence[str], epochs: int, lr: float, batch_size: int, max_length: int,
+    bf16: bool, seed: int, progress: bool = False,
+) -> list[float]:
+    """Train ``gpt`` as a language model on ``texts`` (each ended by <|endoftext|> when there is one).
+
+    The first step of ULMFiT: the model learns the words and style of the new domain before it learns
+    the labels. Returns the mean loss of each epoch.
+    """
+    from tqdm.auto import tqdm
+
+    seqs = [s for s in encode_texts(tokenizer, texts, max_length, tokenizer.eot_id is not None) if len(s) > 1]
+    params = [p for p in gpt.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed + 1)
+    pad = pad_id_for(tokenizer)
+    losses = []
+    gpt.train()
+    bar = tqdm(total=epochs * math.ceil(len(seqs) / batch_size), desc="adapting the LM", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    for _ in range(epochs):
+        order = list(range(len(seqs)))
+        rng.shuffle(order)
+        total, count = 0.0, 0
+        for b in range(0, len(order), batch_size):
+            chunk = [seqs[i] for i in order[b : b + batch_size]]
+            ids, mask = pad_batch(chunk, pad)
+            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            with autocast(bf16):
+                _, loss = gpt(ids[:, :-1], targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            total += loss.item()
+            count += 1
+            bar.update(1)
+        losses.append(total / max(count, 1))
+        bar.set_postfix(lm_loss=f"{losses[-1]:.3f}")
+    bar.close()
+    return losses
+
+
+def build_classifier(cfg: ClassifyConfig, n_classes: int, adapt_texts: Sequence[str] | None = None, progress: bool = False):
+    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied.
+
+    With ``cfg.lm_epochs`` the base model is first adapted as a language model on ``adapt_texts``.
+    """
     from gptlab.model.load import load_model, tokenizer_for
 
     torch.manual_seed(cfg.seed)
@@ -171,6 +225,13 @@ def build_classifier(cfg: ClassifyConfig, n_classes: int):
     tokenizer = tokenizer_for(cfg.model, gpt)
     if cfg.drop_rate is not None:
         _set_dropout(gpt, cfg.drop_rate)
+    lm_losses = []
+    if cfg.lm_epochs and adapt_texts:
+        max_length = min(cfg.max_length or gpt.cfg.context_length, gpt.cfg.context_length)
+        lm_losses = adapt_language_model(
+            gpt, tokenizer, adapt_texts, cfg.lm_epochs, cfg.lm_lr, cfg.batch_size, max_length,
+            use_bf16(cfg.precision), cfg.seed, progress,
+        )
     model = GPTClassifier(gpt, n_classes, seed=cfg.seed)
     if cfg.trainable == "lora":
         from gptlab.finetune.lora import apply_lora
@@ -179,7 +240,7 @@ def build_classifier(cfg: ClassifyConfig, n_classes: int):
     else:
         n = set_trainable(model, cfg.trainable, cfg.last_blocks)
     base = Path(cfg.model).expanduser()
-    info = {"model": str(base.resolve()) if base.exists() else cfg.model, "trainable_parameters": n}
+    info = {"model": str(base.resolve()) if base.exists() else cfg.model, "trainable_parameters": n, "lm_losses": lm_losses}
     return model, tokenizer, info
 
 
@@ -323,7 +384,7 @@ def train_classifier(
     y_val = labels.encode(splits.val)
     y_test = labels.encode(splits.test)
     t0 = time.perf_counter()
-    model, tokenizer, base_info = build_classifier(cfg, len(labels))
+    model, tokenizer, base_info = build_classifier(cfg, len(labels), splits.train.texts, progress)
     max_length = min(cfg.max_length or model.cfg.context_length, model.cfg.context_length)
     pad_id = pad_id_for(tokenizer)
     enc = lambda d: encode_texts(tokenizer, d.texts, max_length, cfg.append_eot)  # noqa: E731
@@ -432,6 +493,7 @@ def train_classifier(
         "best_epoch": best["epoch"],
         "trainable_parameters": base_info["trainable_parameters"],
         "train_seconds": round(train_seconds, 2),
+        "lm_losses": base_info["lm_losses"],
         "history": history,
         "labels": labels.names,
     }
