@@ -113,3 +113,19 @@ def test_unknown_label_in_validation_is_refused(base):
 
     with pytest.raises(GptlabError, match="unknown label 'drinks'"):
         train_classifier(fast_cfg(base), Splits(train, val, train), None, progress=False, log=lambda m: None)
+
+
+def test_language_model_adaptation_learns_the_texts(base):
+    from gptlab.finetune.classify.train import adapt_language_model
+    from gptlab.tokenizer import get_tokenizer
+
+    torch.manual_seed(0)
+    gpt = GPT.from_pretrained(base)
+    texts = toy_data(40).texts
+    losses = adapt_language_model(gpt, get_tokenizer("gpt2"), texts, epochs=3, lr=1e-2, batch_size=8,
+                                  max_length=32, bf16=False, seed=0)
+    assert len(losses) == 3 and losses[-1] < losses[0] - 1.0
+    cfg = fast_cfg(base, lm_epochs=1)
+    cfg.trainable = "lora"
+    with pytest.raises(GptlabError, match="lm-epochs"):
+        cfg.validate()
