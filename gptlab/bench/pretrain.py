@@ -27,20 +27,28 @@ from gptlab.train import TrainConfig, pretrain
 
 TARGET_LOSS = 1.88
 
-# gptlab's settings for the time-to-quality race: same model shape as the recipe (4 layers, 4 heads,
-# 128 dims, block 64, no dropout), but bf16 autocast where bf16 is fast, fused AdamW, a larger batch
-# and learning rate that the larger batch allows, and a shorter schedule.
+# gptlab's settings for the time-to-quality race: the recipe's model shape (4 layers, 4 heads, 128 dims,
+# block 64, tied embeddings, no dropout) with what makes it faster on a CPU:
+# * bf16 autocast (where bf16 is fast), fused AdamW, a larger batch (32) with a larger learning rate;
+# * explicit attention: for heads this small, torch's fused CPU attention kernels (bf16 backward
+#   especially) are slower than two batched matmuls and a softmax;
+# * exact GELU (as the recipe uses), about 2x cheaper than the tanh form on CPUs;
+# * evaluation in batches of 256 windows (the recipe's evaluation batch too).
+# Measured on this machine, B=32 reaches the target in ~1.1-1.3M tokens (550-650 steps with lr 4-6e-3);
+# B=64 needed 1.8M, B=16 1.0M but at twice the steps.
 FAST_CHAR = dict(
     preset="gpt-nano",
-    model=dict(emb_dim=128, n_heads=4, n_layers=4, context_length=64, drop_rate=0.0),
+    model=dict(emb_dim=128, n_heads=4, n_layers=4, context_length=64, drop_rate=0.0, attn_impl="explicit",
+               activation="gelu"),
     block_size=64,
-    batch_size=64,
+    batch_size=32,
     lr=4e-3,
     min_lr=4e-4,
     warmup_steps=50,
     beta2=0.99,
-    max_steps=500,
+    max_steps=600,
     eval_interval=50,
+    eval_batch_size=256,
 )
 
 
@@ -114,7 +122,7 @@ def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: boo
             "final_val_loss": final[2],
             "history": ref["history"],
         }
-    n_val_batches = len(val_batches) * 256 // FAST_CHAR["batch_size"] + 1
+    n_val_batches = len(val_batches) * 256 // FAST_CHAR["eval_batch_size"] + 1
     history: list = []
 
     def on_eval(rec: dict) -> bool:
@@ -147,10 +155,12 @@ def best_in_budget(work: Path, budget: str = "5m") -> dict:
     data_dir = _char_data(work)
     settings = dict(
         preset="gpt-nano",
-        model=dict(emb_dim=256, n_heads=8, n_layers=6, context_length=128, drop_rate=0.1),
+        model=dict(emb_dim=256, n_heads=8, n_layers=6, context_length=128, drop_rate=0.1, attn_impl="explicit",
+                   activation="gelu"),
         block_size=128, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99, eval_interval=100,
+        eval_batch_size=128,
     )
-    cfg = TrainConfig(data=str(data_dir), time_budget=budget, eval_batches=60, sample_tokens=1,
+    cfg = TrainConfig(data=str(data_dir), time_budget=budget, eval_batches=15, sample_tokens=1,
                       out=str(work / "budget"), keep_last=1, **settings)
     shutil.rmtree(work / "budget", ignore_errors=True)
     res = pretrain(cfg, progress=False, log=_quiet)

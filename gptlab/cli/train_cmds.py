@@ -35,6 +35,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--time-budget", "time_budget", "stop after this wall time, e.g. 90s, 5m, 1h (default 3m when nothing else is set)"),
     ("--eval-interval", "eval_interval", "evaluate, sample and checkpoint every N steps (default 100)"),
     ("--eval-batches", "eval_batches", "validation batches per evaluation (default 8)"),
+    ("--eval-batch-size", "eval_batch_size", "windows per evaluation batch (default 0: the training batch)"),
     ("--eval-train-batches", "eval_train_batches", "also evaluate on this many fixed training batches (default 0: report the running training loss)"),
     ("--sample-prompt", "sample_prompt", "prompt for the samples printed at each evaluation"),
     ("--sample-tokens", "sample_tokens", "tokens per sample (default 80)"),

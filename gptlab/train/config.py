@@ -58,6 +58,9 @@ class TrainConfig:
     # Evaluation, samples and checkpoints (in optimizer steps).
     eval_interval: int = 100
     eval_batches: int = 8
+    # Windows per evaluation batch; 0 = the training batch (times the number of processes). Larger
+    # batches make evaluation cheaper per token, which matters when small models evaluate often.
+    eval_batch_size: int = 0
     # Also evaluate (eval mode) on this many fixed training batches, as the book's train loss is
     # measured; 0 = report the running mean of the training steps' losses instead.
     eval_train_batches: int = 0
@@ -79,7 +82,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise GptlabError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ["max_steps", "max_tokens", "block_size", "global_batch_tokens", "stride", "warmup_steps",
-                     "checkpoint_interval", "max_chars", "eval_train_batches"]:
+                     "checkpoint_interval", "max_chars", "eval_train_batches", "eval_batch_size"]:
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.eval_interval <= 0:

@@ -268,7 +268,7 @@ class _Run:
             )
         # The evaluation windows depend on the global batch only, so a run on N processes evaluates the
         # same windows as one process with the same global batch (every rank evaluates all of them).
-        eval_batch = cfg.batch_size * self.info.world_size
+        eval_batch = cfg.eval_batch_size or cfg.batch_size * self.info.world_size
         if task is not None:
             self.val_batches, self.train_eval_batches = task.val_batches, task.train_eval_batches
         else:

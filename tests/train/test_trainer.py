@@ -159,6 +159,17 @@ def test_metrics_and_plot_are_written(tmp_path):
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
+def test_eval_batch_size_regroups_the_same_windows(tmp_path):
+    """2 batches of 4 windows and 1 batch of 8 cover the same windows: the same validation loss."""
+    a = pretrain(small_cfg(tmp_path / "a", max_steps=3, eval_interval=3), progress=False, log=lambda m: None)
+    b = pretrain(small_cfg(tmp_path / "b", max_steps=3, eval_interval=3, eval_batch_size=8, eval_batches=1),
+                 progress=False, log=lambda m: None)
+    assert a.history[-1]["val_loss"] == pytest.approx(b.history[-1]["val_loss"], abs=1e-5)
+    c = pretrain(small_cfg(tmp_path / "c", max_steps=3, eval_interval=3, eval_batch_size=4, eval_batches=1),
+                 progress=False, log=lambda m: None)
+    assert c.history[-1]["val_loss"] != pytest.approx(a.history[-1]["val_loss"], abs=1e-5)  # half the windows
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     """4 micro-batches of 2 sequences = 1 batch of 8 (fp32, no dropout), within float rounding.
 
