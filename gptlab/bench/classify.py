@@ -43,8 +43,10 @@ PRETRAIN_CORPUS = ("sotu", "tinyshakespeare")
 # ... and fine-tuned with these settings (see ClassifyConfig).
 RECIPE: dict[str, Any] = {
     "trainable": "all",
+    "lm_epochs": 8,  # ULMFiT: adapt the LM to the training texts first (+1.5 points over none, seeds 123-124)
+    "lm_lr": 1e-3,
     "epochs": 3,
-    "lr": 3e-3,
+    "lr": 1e-3,
     "batch_size": 8,
     "max_length": 128,
 }
@@ -144,7 +146,7 @@ def run_bench(
         tmp = tempfile.TemporaryDirectory(prefix="gptlab-bench-classify-")
         model = _quick_base(Path(tmp.name) / "tiny")
         seeds = seeds[:1]
-        recipe.update(epochs=1, max_length=64)
+        recipe.update(epochs=1, max_length=64, lm_epochs=0)
     elif model is None:
         model = _default_base(log)
     data = read_sms_spam()
