@@ -152,3 +152,10 @@ def test_help_and_missing_model(capsys):
         assert "usage: gptlab instruct " + verb in capsys.readouterr().out
     code, _, err = run(capsys, "instruct", "train")
     assert code == 2 and "--model is required" in err
+
+
+def test_missing_responses_file_names_the_flag(capsys, tmp_path):
+    code, _, err = run(capsys, "instruct", "eval", "--responses", str(tmp_path / "nope.json"))
+    assert code == 2
+    assert err.strip().splitlines() == [f"gptlab: error: --responses '{tmp_path / 'nope.json'}': no such file "
+                                        "(write it with gptlab instruct generate)"]

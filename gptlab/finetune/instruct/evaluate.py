@@ -31,6 +31,8 @@ from gptlab.io import atomic_write_text
 
 def load_responses(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries of a responses file (``gptlab instruct generate`` output); each needs output and model_response."""
+    if not Path(path).expanduser().is_file():
+        raise GptlabError(f"--responses {str(path)!r}: no such file (write it with gptlab instruct generate)")
     entries = load_examples(path)
     for i, e in enumerate(entries):
         if not isinstance(e.get(RESPONSE_FIELD), str):
