@@ -45,7 +45,7 @@ RECIPE: dict[str, Any] = {
     "trainable": "all",
     "lm_epochs": 8,  # ULMFiT: adapt the LM to the training texts first (+1.5 points over none, seeds 123-124)
     "lm_lr": 1e-3,
-    "epochs": 3,
+    "epochs": 5,  # the best epoch is kept by validation accuracy; 5 gave 97.53% vs 97.20% for 3 (seeds 123-127)
     "lr": 1e-3,
     "batch_size": 8,
     "max_length": 128,
