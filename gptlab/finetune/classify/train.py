@@ -332,18 +332,11 @@ def load_classifier(directory: str | os.PathLike, base: str | None = None):
     else:
         gpt = GPT(GPTConfig.from_dict(meta["model_config"]))
         model = GPTClassifier(gpt, len(labels))
-        path = directory / "model.safetensors"
-        try:
-            tensors = load_file(str(path))
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise GptlabError(f"{path}: cannot read weights ({exc})") from None
-        own = gpt.state_dict()
-        for name, t in tensors.items():
-            if name in own and own[name].shape != t.shape:
-                raise GptlabError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(own[name].shape)}")
-        missing, unexpected = gpt.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise GptlabError(f"{path}: weights do not match the classifier (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        # The classifier's weights are the GPT's (head included) under the same names: the
+        # checkpoint loader's shape and completeness checks apply as they are.
+        from gptlab.train.checkpoint import load_model_weights
+
+        load_model_weights(gpt, directory)
     return model.eval(), tokenizer, labels, meta
 
 
