@@ -34,6 +34,29 @@ _ALPACA_HEAD = (
 )
 
 
+def chat_messages(messages: Any) -> list[tuple[str, str]]:
+    """Check OpenAI-style chat ``messages`` and return them as ``(role, content)`` pairs.
+
+    Each must be an object with ``role`` system/user/assistant and string ``content``; the last must
+    be the user's (the model answers it). Errors name the message by index.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise GptlabError("messages: expected a non-empty list of {role, content} objects")
+    pairs: list[tuple[str, str]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise GptlabError(f"messages[{i}]: expected an object with role and content")
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(content, str):
+            raise GptlabError(f"messages[{i}].content: expected a string")
+        if role not in ("system", "user", "assistant"):
+            raise GptlabError(f"messages[{i}].role: expected 'system', 'user' or 'assistant', got {role!r}")
+        pairs.append((role, content))
+    if pairs[-1][0] != "user":
+        raise GptlabError("messages: the last message must be from the user")
+    return pairs
+
+
 @dataclass(frozen=True)
 class PromptStyle:
     """A prompt format: a template with ``{instruction}``/``{input}`` fields and the strings that end an answer.
@@ -81,16 +104,9 @@ class PromptStyle:
         followed by ``turn_sep``; system messages are put first, each followed by a blank line. The
         last message must be from the user.
         """
-        if not isinstance(messages, list) or not messages:
-            raise GptlabError("messages: expected a non-empty list of {role, content} objects")
         parts: list[str] = []
         last_role = ""
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                raise GptlabError(f"messages[{i}]: expected an object with role and content")
-            role, content = msg.get("role"), msg.get("content")
-            if not isinstance(content, str):
-                raise GptlabError(f"messages[{i}].content: expected a string")
+        for i, (role, content) in enumerate(chat_messages(messages)):
             if role == "system":
                 if parts and last_role != "system":
                     raise GptlabError(f"messages[{i}]: a system message must come before the others")
@@ -103,13 +119,7 @@ class PromptStyle:
                 if last_role != "user":
                     raise GptlabError(f"messages[{i}]: an assistant message must follow a user message")
                 parts.append(content + self.turn_sep)
-            else:
-                raise GptlabError(
-                    f"messages[{i}].role: expected 'system', 'user' or 'assistant', got {role!r}"
-                )
             last_role = role
-        if last_role != "user":
-            raise GptlabError("messages: the last message must be from the user")
         return "".join(parts)
 
     def cut(self, text: str) -> str:

@@ -44,25 +44,16 @@ class PlainChat:
 
     def format_chat(self, messages: list[dict[str, Any]]) -> str:
         """Format ``messages`` (``role`` system/user/assistant, string ``content``); the last must be the user's."""
-        if not isinstance(messages, list) or not messages:
-            raise GptlabError("messages: expected a non-empty list of {role, content} objects")
+        from gptlab.finetune.prompts import chat_messages
+
         lines: list[str] = []
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                raise GptlabError(f"messages[{i}]: expected an object with role and content")
-            role, content = msg.get("role"), msg.get("content")
-            if not isinstance(content, str):
-                raise GptlabError(f"messages[{i}].content: expected a string")
+        for role, content in chat_messages(messages):
             if role == "system":
                 lines.append(content.strip() + "\n")
             elif role == "user":
                 lines.append(f"User: {content.strip()}")
-            elif role == "assistant":
-                lines.append(f"Assistant: {content.strip()}")
             else:
-                raise GptlabError(f"messages[{i}].role: expected 'system', 'user' or 'assistant', got {role!r}")
-        if messages[-1].get("role") != "user":
-            raise GptlabError("messages: the last message must be from the user")
+                lines.append(f"Assistant: {content.strip()}")
         return "\n".join(lines) + "\nAssistant:"
 
 
