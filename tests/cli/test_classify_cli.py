@@ -83,6 +83,23 @@ def test_predict_texts_and_input_file(trained, files, capsys):
     assert code == 0 and out.startswith("no\t")
 
 
+def test_ensemble_train_and_predict(files, capsys, tmp_path):
+    d, base, _ = files
+    out = tmp_path / "ens"
+    code, text, _ = run(capsys, "classify", "train", "--data", d / "reviews.csv", "--model", base, "--out", out,
+                        "--trainable", "all", "--epochs", "2", "--lr", "5e-3", "--ensemble", "2", "--threads", "1",
+                        "--no-progress")
+    assert code == 0
+    assert "member 1 (seed 123)" in text and "member 2 (seed 124)" in text and "ensemble of 2" in text
+    assert json.loads((out / "classifier.json").read_text())["ensemble"] == 2
+    code, text, _ = run(capsys, "classify", "predict", "--model", out, "so superb", "--json")
+    row = json.loads(text)
+    assert code == 0 and row["label"] == "yes" and abs(sum(row["probabilities"].values()) - 1) < 1e-4
+    code, _, err = run(capsys, "classify", "train", "--data", d / "reviews.csv", "--model", base, "--out", out,
+                       "--ensemble", "0")
+    assert code == 2 and "--ensemble must be at least 1" in err
+
+
 def test_missing_label_column_exit_2(files, capsys, tmp_path):
     d, base, _ = files
     code, _, err = run(capsys, "classify", "train", "--data", d / "nolabel.csv", "--model", base, "--out", tmp_path / "x")

@@ -48,7 +48,7 @@ def base(tmp_path_factory):
 
 
 def fast_cfg(base, **kw):
-    return ClassifyConfig(model=base, trainable="all", epochs=4, batch_size=8, lr=5e-3, threads=1, **kw)
+    return ClassifyConfig(**{"model": base, "trainable": "all", "epochs": 4, "batch_size": 8, "lr": 5e-3, "threads": 1, **kw})
 
 
 def test_learns_saves_and_reloads(base, tmp_path):
@@ -129,3 +129,75 @@ def test_language_model_adaptation_learns_the_texts(base):
     cfg.trainable = "lora"
     with pytest.raises(GptlabError, match="lm-epochs"):
         cfg.validate()
+
+
+def test_ensemble_averages_probabilities():
+    from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier
+
+    torch.manual_seed(0)
+    members = [GPTClassifier(GPT(TINY), 3, seed=s).eval() for s in (1, 2, 3)]
+    ids = torch.randint(0, 50257, (4, 9))
+    with torch.no_grad():
+        probs = torch.stack([m(ids).softmax(-1) for m in members]).mean(0)
+        out = EnsembleClassifier(members)(ids)
+        single = EnsembleClassifier(members[:1])(ids)
+    assert torch.allclose(out.exp(), probs, atol=1e-6)
+    assert torch.allclose(single, members[0](ids).log_softmax(-1), atol=1e-6)
+    with pytest.raises(GptlabError, match="same classes"):
+        EnsembleClassifier([members[0], GPTClassifier(GPT(TINY), 2)])
+
+
+def test_ensemble_trains_saves_and_reloads(base, tmp_path):
+    from gptlab.finetune.classify.model import EnsembleClassifier
+
+    splits = balanced_split(toy_data(120), seed=4, balance=False)
+    quiet = dict(progress=False, log=lambda m: None)
+    single = train_classifier(fast_cfg(base, epochs=2), splits, None, **quiet)
+    out = tmp_path / "ens"
+    r = train_classifier(fast_cfg(base, epochs=2, ensemble=3), splits, out, **quiet)
+    # Member 1 is the single run (same seed, same base); the others use seed + 1, seed + 2.
+    assert [m["seed"] for m in r["members"]] == [123, 124, 125]
+    assert r["members"][0] == single["members"][0]
+    heads = [m.gpt.out_head.weight for m in r["model"].members]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])
+    assert isinstance(r["model"], EnsembleClassifier) and len(r["history"]) == 6
+    assert [h["member"] for h in r["history"]] == [1, 1, 2, 2, 3, 3]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+    for k in (2, 3):
+        assert (out / "ensemble" / str(k) / "model.safetensors").is_file()
+    meta = json.loads((out / "classifier.json").read_text())
+    assert meta["ensemble"] == 3 and len(meta["members"]) == 3
+    # Reloaded, the folder predicts what the trained ensemble predicts, probabilities included.
+    model, tok, labels, meta = load_classifier(out)
+    assert isinstance(model, EnsembleClassifier) and len(model.members) == 3
+    got = classify_texts(model, tok, labels, meta, splits.test.texts)
+    with torch.no_grad():
+        ref = classify_texts(r["model"], tok, labels, meta, splits.test.texts)
+    assert got == ref
+    acc = sum(p["label"] == y for p, y in zip(got, splits.test.labels)) / len(got)
+    assert acc == r["test"]["accuracy"]
+    # A folder whose classifier.json counts fewer members (an interrupted run) loads those only.
+    meta_file = out / "classifier.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "ensemble": 2}))
+    assert len(load_classifier(out)[0].members) == 2
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "ensemble": 0}))
+    with pytest.raises(GptlabError, match="'ensemble' must be a positive integer"):
+        load_classifier(out)
+
+
+def test_lora_ensemble_folder(base, tmp_path):
+    splits = balanced_split(toy_data(90), seed=5, balance=False)
+    out = tmp_path / "lora-ens"
+    cfg = fast_cfg(base, epochs=1, ensemble=2, lora_rank=2)
+    cfg.trainable = "lora"
+    r = train_classifier(cfg, splits, out, progress=False, log=lambda m: None)
+    assert (out / "ensemble" / "2" / "adapter" / "adapter.safetensors").is_file()
+    assert (out / "ensemble" / "2" / "head.safetensors").is_file()
+    model, tok, labels, meta = load_classifier(out)
+    got = [p["label"] for p in classify_texts(model, tok, labels, meta, splits.test.texts)]
+    assert sum(p == y for p, y in zip(got, splits.test.labels)) / len(got) == r["test"]["accuracy"]
+
+
+def test_ensemble_must_be_positive(base):
+    with pytest.raises(GptlabError, match="--ensemble must be at least 1"):
+        fast_cfg(base, ensemble=0).validate()

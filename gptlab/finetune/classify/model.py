@@ -9,6 +9,8 @@ same logits whatever it was padded to.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -65,6 +67,36 @@ class GPTClassifier(nn.Module):
                 last = torch.where(mask, positions[None, :], -1).max(dim=1).values
                 logits = self.gpt(idx, attention_mask=attention_mask)
         return logits[torch.arange(B, device=idx.device), last]
+
+
+
+class EnsembleClassifier(nn.Module):
+    """Classifiers of the same classes whose predicted probabilities are averaged.
+
+    Fine-tuning runs that differ only in their seed (head initialisation, batch order) disagree on the
+    hard examples; averaging their probabilities cancels much of that noise. ``forward`` returns the log
+    of the averaged probabilities, so softmax, argmax and cross-entropy treat it like one model's logits.
+    """
+
+    def __init__(self, members: list[GPTClassifier]) -> None:
+        super().__init__()
+        if not members:
+            raise GptlabError("an ensemble needs at least one classifier")
+        if len({m.n_classes for m in members}) != 1:
+            raise GptlabError("the classifiers of an ensemble must predict the same classes")
+        self.members = nn.ModuleList(members)
+        self.n_classes = members[0].n_classes
+
+    @property
+    def cfg(self):
+        """The first member's GPT config (all members share the base architecture)."""
+        return self.members[0].cfg
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``log(mean_k softmax(logits_k))`` ``[B, n_classes]`` in float32."""
+        logp = torch.stack([m(idx, attention_mask).float().log_softmax(-1) for m in self.members])
+        # log of a mean of probabilities, computed without leaving log space (no underflow to -inf).
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
 def set_trainable(model: GPTClassifier, scope: str = "last", last_blocks: int = 1) -> int:

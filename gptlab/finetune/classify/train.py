@@ -1,18 +1,9 @@
-"""Fine-tuning a GPT for classification: training loop, evaluation, and the saved classifier folder.
+"""Fine-tuning a GPT for classification: the training loop, evaluation and prediction.
 
-A classifier folder holds
-
-* ``classifier.json`` – what the model is: base model, number of classes, trainable scope, LoRA settings,
-  max length, padding id, training settings and the best epoch's metrics;
-* ``labels.json`` – the label map (class id -> name);
-* ``tokenizer.json`` – the tokenizer;
-* ``model.safetensors`` (full weights) or ``adapter/`` (LoRA: the adapter and the new head only, applied
-  on top of the base model named in ``classifier.json``);
-* ``metrics.jsonl`` (one line per epoch), ``loss.png``, ``accuracy.png`` and ``results.json`` (final
-  train/val/test metrics of the best checkpoint).
-
-The weights are the best epoch's (highest validation accuracy, lower validation loss breaking ties),
-each file written atomically, so an interrupted run leaves the previous best intact.
+Training keeps, for each classifier, the epoch with the highest validation accuracy (lower validation
+loss breaking ties). With ``ensemble`` > 1 several classifiers are fine-tuned from the same base model
+with different seeds and their probabilities averaged. The folder it writes is described in
+:mod:`gptlab.finetune.classify.store`.
 """
 
 from __future__ import annotations
@@ -34,10 +25,11 @@ import torch.nn.functional as F
 from gptlab.errors import GptlabError
 from gptlab.finetune.classify.data import LabeledTexts, LabelMap, Splits
 from gptlab.finetune.classify.metrics import classification_metrics
-from gptlab.finetune.classify.model import GPTClassifier, pad_batch, set_trainable
-from gptlab.io import atomic_write_bytes, atomic_write_text
+from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier, pad_batch, set_trainable
+from gptlab.finetune.classify.store import load_classifier, save_classifier
+from gptlab.io import atomic_write_text
 
-CLASSIFIER_FORMAT = "gptlab-classifier"
+__all__ = ["ClassifyConfig", "classify_texts", "labeled_texts_metrics", "load_classifier", "train_classifier"]
 
 
 @dataclass
@@ -69,13 +61,16 @@ class ClassifyConfig:
     # texts (no labels) for this many epochs, then fine-tune it as a classifier.
     lm_epochs: int = 0
     lm_lr: float = 1e-3
+    # Fine-tune this many classifiers (seeds seed, seed + 1, ...) from the same base model and average
+    # their probabilities: steadier predictions on the hard examples, at k times the fine-tuning cost.
+    ensemble: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise GptlabError on a setting that cannot work."""
         if self.trainable not in ("head", "last", "all", "lora"):
             raise GptlabError(f"--trainable {self.trainable!r}: expected head, last, all or lora")
-        for name in ("epochs", "batch_size", "lora_rank", "last_blocks"):
+        for name in ("epochs", "batch_size", "lora_rank", "last_blocks", "ensemble"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -213,11 +208,9 @@ def adapt_language_model(
     return losses
 
 
-def build_classifier(cfg: ClassifyConfig, n_classes: int, adapt_texts: Sequence[str] | None = None, progress: bool = False):
-    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied.
-
-    With ``cfg.lm_epochs`` the base model is first adapted as a language model on ``adapt_texts``.
-    """
+def build_base(cfg: ClassifyConfig, adapt_texts: Sequence[str] | None = None, progress: bool = False):
+    """``(gpt, tokenizer, lm_losses)``: the base model of ``cfg.model``, adapted to ``adapt_texts`` first
+    as a language model when ``cfg.lm_epochs`` is set."""
     from gptlab.model.load import load_model, tokenizer_for
 
     torch.manual_seed(cfg.seed)
@@ -225,23 +218,41 @@ def build_classifier(cfg: ClassifyConfig, n_classes: int, adapt_texts: Sequence[
     tokenizer = tokenizer_for(cfg.model, gpt)
     if cfg.drop_rate is not None:
         _set_dropout(gpt, cfg.drop_rate)
-    lm_losses = []
+    lm_losses: list[float] = []
     if cfg.lm_epochs and adapt_texts:
         max_length = min(cfg.max_length or gpt.cfg.context_length, gpt.cfg.context_length)
         lm_losses = adapt_language_model(
             gpt, tokenizer, adapt_texts, cfg.lm_epochs, cfg.lm_lr, cfg.batch_size, max_length,
             use_bf16(cfg.precision), cfg.seed, progress,
         )
-    model = GPTClassifier(gpt, n_classes, seed=cfg.seed)
+    return gpt, tokenizer, lm_losses
+
+
+def make_classifier(gpt, cfg: ClassifyConfig, n_classes: int, seed: int) -> tuple[GPTClassifier, int]:
+    """``(classifier, trainable parameter count)``: ``gpt`` with a new head (seeded) and the scope applied."""
+    model = GPTClassifier(gpt, n_classes, seed=seed)
     if cfg.trainable == "lora":
         from gptlab.finetune.lora import apply_lora
 
         n = apply_lora(gpt, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets.split(","), cfg.lora_dropout)
     else:
         n = set_trainable(model, cfg.trainable, cfg.last_blocks)
-    base = Path(cfg.model).expanduser()
-    info = {"model": str(base.resolve()) if base.exists() else cfg.model, "trainable_parameters": n, "lm_losses": lm_losses}
-    return model, tokenizer, info
+    return model, n
+
+
+def build_classifier(cfg: ClassifyConfig, n_classes: int, adapt_texts: Sequence[str] | None = None, progress: bool = False):
+    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied.
+
+    With ``cfg.lm_epochs`` the base model is first adapted as a language model on ``adapt_texts``.
+    """
+    gpt, tokenizer, lm_losses = build_base(cfg, adapt_texts, progress)
+    model, n = make_classifier(gpt, cfg, n_classes, cfg.seed)
+    return model, tokenizer, {"model": _base_name(cfg.model), "trainable_parameters": n, "lm_losses": lm_losses}
+
+
+def _base_name(model: str) -> str:
+    base = Path(model).expanduser()
+    return str(base.resolve()) if base.exists() else model
 
 
 def _set_dropout(gpt, p: float) -> None:
@@ -252,92 +263,6 @@ def _set_dropout(gpt, p: float) -> None:
         if hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = p
 
-
-# --------------------------------------------------------------------------- saving and loading
-
-
-def save_classifier(
-    model: GPTClassifier, directory: str | os.PathLike, meta: dict[str, Any], labels: LabelMap, tokenizer
-) -> None:
-    """Write the classifier folder's model files (each atomically): weights or adapter, config, labels, tokenizer."""
-    from safetensors.torch import save
-
-    from gptlab.train.checkpoint import model_state_for_saving
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if meta.get("trainable") == "lora":
-        from gptlab.finetune.lora import save_adapter
-
-        save_adapter(model.gpt, directory / "adapter", base={"model": meta.get("base")})
-        # The new head is not part of the base model; in the book's LoRA setup it stays frozen at its
-        # random initialisation (its adapter learns), so its weights must be kept beside the adapter.
-        head = model.gpt.out_head
-        tensors = {"weight": head.weight.detach().contiguous().cpu()}
-        if head.bias is not None:
-            tensors["bias"] = head.bias.detach().contiguous().cpu()
-        atomic_write_bytes(directory / "head.safetensors", save(tensors))
-    else:
-        atomic_write_bytes(directory / "model.safetensors", save(model_state_for_saving(model.gpt)))
-    atomic_write_text(directory / "labels.json", json.dumps(labels.to_dict(), indent=2) + "\n")
-    if not (directory / "tokenizer.json").is_file():
-        tokenizer.save(directory / "tokenizer.json")
-    atomic_write_text(directory / "classifier.json", json.dumps({"format": CLASSIFIER_FORMAT, **meta}, indent=2) + "\n")
-
-
-def is_classifier_dir(path: str | os.PathLike) -> bool:
-    """True if ``path`` holds a classifier written by :func:`save_classifier`."""
-    p = Path(path) / "classifier.json"
-    try:
-        return p.is_file() and json.loads(p.read_text(encoding="utf-8")).get("format") == CLASSIFIER_FORMAT
-    except (ValueError, OSError):
-        return False
-
-
-def load_classifier(directory: str | os.PathLike, base: str | None = None):
-    """``(model, tokenizer, labels, meta)`` from a classifier folder, the model in eval mode.
-
-    A LoRA classifier loads its base model (``base`` overrides the one recorded in ``classifier.json``)
-    and applies the adapter, which refuses a different base model.
-    """
-    from safetensors.torch import load_file
-
-    from gptlab.model import GPT, GPTConfig
-    from gptlab.tokenizer import load_tokenizer
-
-    directory = Path(directory)
-    if not is_classifier_dir(directory):
-        raise GptlabError(f"{directory}: not a classifier folder (no classifier.json from gptlab classify train)")
-    meta = json.loads((directory / "classifier.json").read_text(encoding="utf-8"))
-    try:
-        labels = LabelMap.from_dict(json.loads((directory / "labels.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise GptlabError(f"{directory / 'labels.json'}: cannot read the label map ({exc})") from None
-    tokenizer = load_tokenizer(directory / "tokenizer.json")
-    if meta.get("trainable") == "lora":
-        from gptlab.finetune.lora import load_adapter
-        from gptlab.model.load import load_model
-
-        gpt = load_model(base or meta["base"])
-        model = GPTClassifier(gpt, len(labels))
-        path = directory / "head.safetensors"
-        try:
-            head = load_file(str(path))
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise GptlabError(f"{path}: cannot read the classification head ({exc})") from None
-        if head["weight"].shape != gpt.out_head.weight.shape:
-            raise GptlabError(f"{path}: head has shape {tuple(head['weight'].shape)}, expected {tuple(gpt.out_head.weight.shape)}")
-        gpt.out_head.load_state_dict(head)
-        load_adapter(gpt, directory / "adapter")
-    else:
-        gpt = GPT(GPTConfig.from_dict(meta["model_config"]))
-        model = GPTClassifier(gpt, len(labels))
-        # The classifier's weights are the GPT's (head included) under the same names: the
-        # checkpoint loader's shape and completeness checks apply as they are.
-        from gptlab.train.checkpoint import load_model_weights
-
-        load_model_weights(gpt, directory)
-    return model.eval(), tokenizer, labels, meta
 
 
 # --------------------------------------------------------------------------- training
@@ -353,6 +278,20 @@ def _lr_at(step: int, total: int, cfg: ClassifyConfig) -> float:
     return cfg.lr
 
 
+
+
+@dataclass
+class _Encoded:
+    """Token ids and class ids of the splits, ready for batching."""
+
+    x_train: list[list[int]]
+    y_train: list[int]
+    x_val: list[list[int]]
+    y_val: list[int]
+    pad_id: int
+    labels: LabelMap
+
+
 def train_classifier(
     cfg: ClassifyConfig,
     splits: Splits,
@@ -363,60 +302,130 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``splits.train``, keep the best epoch by validation accuracy, and report.
 
-    Returns a dict with ``best_epoch``, per-split metrics of the best checkpoint (``train``, ``val``,
-    ``test`` and, for a balanced split, ``left_out``), ``history`` (one record per epoch),
-    ``trainable_parameters`` and ``seconds``. With ``out_dir`` None nothing is written (benchmarks).
+    With ``cfg.ensemble`` = k > 1, k classifiers are fine-tuned from the same (adapted) base model with
+    seeds ``cfg.seed``, ``cfg.seed + 1``, ... and their probabilities averaged.
+
+    Returns a dict with ``best_epoch`` (of the first member), ``members`` (each member's seed, best epoch
+    and validation/test accuracy), per-split metrics of the best checkpoint or ensemble (``train``,
+    ``val``, ``test`` and, for a balanced split, ``left_out``), ``history`` (one record per member and
+    epoch), ``trainable_parameters``, ``seconds`` and ``model``. With ``out_dir`` None nothing is written
+    (benchmarks).
     """
-    from tqdm.auto import tqdm
+    import copy
+
+    from gptlab.train.metrics import MetricsLog
 
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     labels = LabelMap.from_labels(splits.train)
-    y_train = labels.encode(splits.train)
-    y_val = labels.encode(splits.val)
-    y_test = labels.encode(splits.test)
+    y_train, y_val, y_test = labels.encode(splits.train), labels.encode(splits.val), labels.encode(splits.test)
     t0 = time.perf_counter()
-    model, tokenizer, base_info = build_classifier(cfg, len(labels), splits.train.texts, progress)
-    max_length = min(cfg.max_length or model.cfg.context_length, model.cfg.context_length)
+    base_gpt, tokenizer, lm_losses = build_base(cfg, splits.train.texts, progress)
+    max_length = min(cfg.max_length or base_gpt.cfg.context_length, base_gpt.cfg.context_length)
     pad_id = pad_id_for(tokenizer)
     enc = lambda d: encode_texts(tokenizer, d.texts, max_length, cfg.append_eot)  # noqa: E731
     x_train, x_val, x_test = enc(splits.train), enc(splits.val), enc(splits.test)
+    data = _Encoded(x_train, y_train, x_val, y_val, pad_id, labels)
     bf16 = use_bf16(cfg.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    meta = {
-        "base": base_info["model"],
-        "model_config": model.cfg.to_dict(),
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    meta: dict[str, Any] = {
+        "base": _base_name(cfg.model),
+        "model_config": base_gpt.cfg.to_dict(),
         "n_classes": len(labels),
         "trainable": cfg.trainable,
-        "trainable_parameters": base_info["trainable_parameters"],
         "max_length": max_length,
         "pad_id": pad_id,
         "append_eot": cfg.append_eot,
         "train_config": asdict(cfg),
         "data": split_info or {},
     }
-    out = Path(out_dir) if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    members: list[GPTClassifier] = []
+    member_info: list[dict[str, Any]] = []
+    n_trainable = 0
+    for k in range(cfg.ensemble):
+        seed = cfg.seed + k
+        # Every member starts from the same adapted base; the last one may take it over.
+        gpt = base_gpt if k == cfg.ensemble - 1 else copy.deepcopy(base_gpt)
+        model, n_trainable = make_classifier(gpt, cfg, len(labels), seed)
+        meta["trainable_parameters"] = n_trainable
+        member = f" (ensemble member {k + 1} of {cfg.ensemble}, seed {seed})" if cfg.ensemble > 1 else ""
+        log(
+            f"fine-tuning {cfg.model} ({cfg.trainable}, {n_trainable:,} trainable parameters) on {len(x_train)} "
+            f"examples, {len(labels)} classes, {cfg.epochs} epochs{member}"
+        )
+
+        def save(model: GPTClassifier, record: dict[str, Any], k: int = k) -> None:
+            bests = [m["best"] for m in member_info] + [record]
+            save_classifier(model, out, {**meta, "best": bests[0], "ensemble": k + 1, "members": bests}, labels,
+                            tokenizer, member=k)
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            history.append(record)
+            if out is not None:
+                MetricsLog(out / "metrics.jsonl").append(record)
+                _plots(history, out, cfg.ensemble)
+
+        best, _ = _fit(model, cfg, seed, data, bf16, k, t0, save if out is not None else None, on_epoch, progress, log)
+        members.append(model.eval())
+        test_acc = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)["accuracy"]
+        member_info.append({"seed": seed, "best_epoch": best["epoch"], "best": best, "val_accuracy": best["val_accuracy"],
+                            "test_accuracy": test_acc})
+    final: GPTClassifier | EnsembleClassifier = members[0] if len(members) == 1 else EnsembleClassifier(members)
+    result: dict[str, Any] = {
+        "best_epoch": member_info[0]["best_epoch"],
+        "members": [{k: v for k, v in m.items() if k != "best"} for m in member_info],
+        "trainable_parameters": n_trainable,
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "lm_losses": lm_losses,
+        "history": history,
+        "labels": labels.names,
+    }
+    result["train"] = evaluate(final, x_train, y_train, labels.names, pad_id, bf16=bf16)
+    result["val"] = evaluate(final, x_val, y_val, labels.names, pad_id, bf16=bf16)
+    result["test"] = evaluate(final, x_test, y_test, labels.names, pad_id, bf16=bf16)
+    if splits.left_out is not None and len(splits.left_out):
+        y_left = labels.encode(splits.left_out)
+        result["left_out"] = evaluate(final, enc(splits.left_out), y_left, labels.names, pad_id, bf16=bf16)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    log(
-        f"fine-tuning {cfg.model} ({cfg.trainable}, {base_info['trainable_parameters']:,} trainable parameters) "
-        f"on {len(x_train)} examples, {len(labels)} classes, {cfg.epochs} epochs"
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    result["model"] = final
+    return result
+
+
+def _fit(
+    model: GPTClassifier, cfg: ClassifyConfig, seed: int, data: _Encoded, bf16: bool, member: int, t0: float,
+    save: Callable[[GPTClassifier, dict[str, Any]], None] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None, progress: bool, log: Callable[[str], None],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one classifier for ``cfg.epochs``, evaluating each epoch; leaves the best epoch's weights in
+    ``model`` and returns ``(best record, history)``. ``save(model, record)`` runs on each new best,
+    ``on_epoch(record)`` after every epoch."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)  # dropout
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
+    rng = random.Random(seed)
+    x_train, y_train = data.x_train, data.y_train
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    names = data.labels.names
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
-    bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress, dynamic_ncols=True)
+    tag = f" {member + 1}/{cfg.ensemble}" if cfg.ensemble > 1 else ""
+    bar = tqdm(total=total, desc="fine-tuning" + tag, unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         order = list(range(len(x_train)))
@@ -424,7 +433,7 @@ def train_classifier(
         run_loss, run_n = 0.0, 0
         for b in range(steps_per_epoch):
             chunk = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            ids, mask = pad_batch([x_train[i] for i in chunk], pad_id)
+            ids, mask = pad_batch([x_train[i] for i in chunk], data.pad_id)
             target = torch.tensor([y_train[i] for i in chunk])
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
@@ -446,8 +455,8 @@ def train_classifier(
         train_eval = list(range(len(x_train)))
         if cfg.eval_train_examples and cfg.eval_train_examples < len(train_eval):
             train_eval = train_eval[: cfg.eval_train_examples]
-        m_train = evaluate(model, [x_train[i] for i in train_eval], [y_train[i] for i in train_eval], labels.names, pad_id, bf16=bf16)
-        m_val = evaluate(model, x_val, y_val, labels.names, pad_id, bf16=bf16)
+        m_train = evaluate(model, [x_train[i] for i in train_eval], [y_train[i] for i in train_eval], names, data.pad_id, bf16=bf16)
+        m_val = evaluate(model, data.x_val, data.y_val, names, data.pad_id, bf16=bf16)
         record = {
             "epoch": epoch,
             "step": step,
@@ -459,58 +468,46 @@ def train_classifier(
             "val_accuracy": m_val["accuracy"],
             "val_f1": m_val["f1"],
         }
+        if cfg.ensemble > 1:
+            record["member"] = member + 1
         history.append(record)
         improved = best is None or (m_val["accuracy"], -m_val["loss"]) > (best["val_accuracy"], -best["val_loss"])
         if improved:
             best = record
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None:
-                save_classifier(model, out, {**meta, "best": record}, labels, tokenizer)
-        bar.write(
-            f"epoch {epoch}: train loss {m_train['loss']:.4f} acc {100 * m_train['accuracy']:.2f}%  "
+            if save is not None:
+                save(model, record)
+        line = (
+            f"epoch {epoch}{tag}: train loss {m_train['loss']:.4f} acc {100 * m_train['accuracy']:.2f}%  "
             f"val loss {m_val['loss']:.4f} acc {100 * m_val['accuracy']:.2f}%{'  (best)' if improved else ''}"
-        ) if progress else log(
-            f"epoch {epoch}: train acc {100 * m_train['accuracy']:.2f}% val acc {100 * m_val['accuracy']:.2f}%"
-            f"{' (best)' if improved else ''}"
         )
-        if out is not None:
-            from gptlab.train.metrics import MetricsLog
-
-            MetricsLog(out / "metrics.jsonl").append(record)
-            _plots(history, out)
+        bar.write(line) if progress else log(line)
+        if on_epoch is not None:
+            on_epoch(record)
     bar.close()
-    train_seconds = time.perf_counter() - t0
-    assert best_state is not None
+    assert best is not None and best_state is not None
     model.load_state_dict(best_state)
-    result: dict[str, Any] = {
-        "best_epoch": best["epoch"],
-        "trainable_parameters": base_info["trainable_parameters"],
-        "train_seconds": round(train_seconds, 2),
-        "lm_losses": base_info["lm_losses"],
-        "history": history,
-        "labels": labels.names,
-    }
-    result["train"] = evaluate(model, x_train, y_train, labels.names, pad_id, bf16=bf16)
-    result["val"] = evaluate(model, x_val, y_val, labels.names, pad_id, bf16=bf16)
-    result["test"] = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)
-    if splits.left_out is not None and len(splits.left_out):
-        y_left = labels.encode(splits.left_out)
-        result["left_out"] = evaluate(model, enc(splits.left_out), y_left, labels.names, pad_id, bf16=bf16)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    if out is not None:
-        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
-    result["model"] = model
-    return result
+    return best, history
 
 
-def _plots(history: list[dict[str, Any]], out: Path) -> None:
+def _plots(history: list[dict[str, Any]], out: Path, members: int) -> None:
+    """The loss and accuracy PNGs of every member so far."""
     from gptlab.train.metrics import plot_curves
 
-    plot_curves(history, out / "loss.png", x="epoch", series=("train_loss", "val_loss"), title="classifier loss")
-    plot_curves(
-        history, out / "accuracy.png", x="epoch", series=("train_accuracy", "val_accuracy"),
-        title="classifier accuracy", ylabel="accuracy",
-    )
+    if members == 1:
+        rows, loss, acc = history, ("train_loss", "val_loss"), ("train_accuracy", "val_accuracy")
+    else:
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for r in history:
+            row = by_epoch.setdefault(r["epoch"], {"epoch": r["epoch"]})
+            for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+                row[f"{key} #{r['member']}"] = r[key]
+        rows = [by_epoch[e] for e in sorted(by_epoch)]
+        done = sorted({r["member"] for r in history})
+        loss = tuple(f"{k} #{m}" for m in done for k in ("train_loss", "val_loss"))
+        acc = tuple(f"{k} #{m}" for m in done for k in ("train_accuracy", "val_accuracy"))
+    plot_curves(rows, out / "loss.png", x="epoch", series=loss, title="classifier loss")
+    plot_curves(rows, out / "accuracy.png", x="epoch", series=acc, title="classifier accuracy", ylabel="accuracy")
 
 
 def classify_texts(
