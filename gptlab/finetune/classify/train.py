@@ -240,16 +240,6 @@ def make_classifier(gpt, cfg: ClassifyConfig, n_classes: int, seed: int) -> tupl
     return model, n
 
 
-def build_classifier(cfg: ClassifyConfig, n_classes: int, adapt_texts: Sequence[str] | None = None, progress: bool = False):
-    """``(classifier, tokenizer, base_info)`` for ``cfg.model``, trainable scope applied.
-
-    With ``cfg.lm_epochs`` the base model is first adapted as a language model on ``adapt_texts``.
-    """
-    gpt, tokenizer, lm_losses = build_base(cfg, adapt_texts, progress)
-    model, n = make_classifier(gpt, cfg, n_classes, cfg.seed)
-    return model, tokenizer, {"model": _base_name(cfg.model), "trainable_parameters": n, "lm_losses": lm_losses}
-
-
 def _base_name(model: str) -> str:
     base = Path(model).expanduser()
     return str(base.resolve()) if base.exists() else model
@@ -424,8 +414,8 @@ def _fit(
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
-    tag = f" {member + 1}/{cfg.ensemble}" if cfg.ensemble > 1 else ""
-    bar = tqdm(total=total, desc="fine-tuning" + tag, unit="step", disable=not progress, dynamic_ncols=True)
+    tag = f"member {member + 1}/{cfg.ensemble} " if cfg.ensemble > 1 else ""
+    bar = tqdm(total=total, desc=f"fine-tuning {tag}".strip(), unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         order = list(range(len(x_train)))
@@ -478,7 +468,7 @@ def _fit(
             if save is not None:
                 save(model, record)
         line = (
-            f"epoch {epoch}{tag}: train loss {m_train['loss']:.4f} acc {100 * m_train['accuracy']:.2f}%  "
+            f"{tag}epoch {epoch}: train loss {m_train['loss']:.4f} acc {100 * m_train['accuracy']:.2f}%  "
             f"val loss {m_val['loss']:.4f} acc {100 * m_val['accuracy']:.2f}%{'  (best)' if improved else ''}"
         )
         bar.write(line) if progress else log(line)
@@ -497,15 +487,25 @@ def _plots(history: list[dict[str, Any]], out: Path, members: int) -> None:
     if members == 1:
         rows, loss, acc = history, ("train_loss", "val_loss"), ("train_accuracy", "val_accuracy")
     else:
+        # One validation curve per member, and the members' mean on the training set (their training
+        # curves lie on top of each other, so drawing each would only hide the validation ones).
         by_epoch: dict[int, dict[str, Any]] = {}
         for r in history:
             row = by_epoch.setdefault(r["epoch"], {"epoch": r["epoch"]})
-            for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            for key in ("val_loss", "val_accuracy"):
                 row[f"{key} #{r['member']}"] = r[key]
-        rows = [by_epoch[e] for e in sorted(by_epoch)]
+            for key in ("train_loss", "train_accuracy"):
+                row.setdefault(f"_{key}", []).append(r[key])
+        rows = []
+        for e in sorted(by_epoch):
+            row = by_epoch[e]
+            for key in ("train_loss", "train_accuracy"):
+                values = row.pop(f"_{key}")
+                row[f"{key} (mean of members)"] = sum(values) / len(values)
+            rows.append(row)
         done = sorted({r["member"] for r in history})
-        loss = tuple(f"{k} #{m}" for m in done for k in ("train_loss", "val_loss"))
-        acc = tuple(f"{k} #{m}" for m in done for k in ("train_accuracy", "val_accuracy"))
+        loss = ("train_loss (mean of members)",) + tuple(f"val_loss #{m}" for m in done)
+        acc = ("train_accuracy (mean of members)",) + tuple(f"val_accuracy #{m}" for m in done)
     plot_curves(rows, out / "loss.png", x="epoch", series=loss, title="classifier loss")
     plot_curves(rows, out / "accuracy.png", x="epoch", series=acc, title="classifier accuracy", ylabel="accuracy")
 
