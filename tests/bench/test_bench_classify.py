@@ -65,3 +65,30 @@ def test_default_base_is_pretrained_once_and_keeps_stdout_clean(tmp_path, monkey
     assert out == "" and "step" in err
     assert path == "runs/classify-base" and is_run_dir(tmp_path / path) and len(logged) == 1
     assert bench._default_base(logged.append) == path and len(logged) == 1
+
+
+@pytest.mark.parametrize("item, message", [
+    ("ensemble=abc", "expected an integer"),
+    ("epochs=1.5", "expected an integer"),
+    ("lr=fast", "expected a number"),
+    ("append_eot=1", "expected true or false"),
+    ("nosuch=1", "expected FIELD=VALUE"),
+])
+def test_bad_set_values_exit_2(item, message, capsys):
+    assert main(["bench", "classify", "--quick", "--set", item]) == 2
+    _, err = capsys.readouterr()
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_seeds_exit_2(capsys):
+    assert main(["bench", "classify", "--quick", "--seeds", "1x"]) == 2
+    _, err = capsys.readouterr()
+    assert "--seeds '1x'" in err and err.count("\n") == 1
+
+
+def test_set_values_take_the_field_types():
+    from gptlab.bench.classify import _recipe
+
+    r = _recipe(["ensemble=3", "lr=1", "schedule=constant", "max_length=64", "drop_rate=null", "append_eot=true"])
+    assert r["ensemble"] == 3 and r["lr"] == 1.0 and isinstance(r["lr"], float)
+    assert r["schedule"] == "constant" and r["max_length"] == 64 and r["drop_rate"] is None and r["append_eot"] is True

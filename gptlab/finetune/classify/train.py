@@ -268,8 +268,6 @@ def _lr_at(step: int, total: int, cfg: ClassifyConfig) -> float:
     return cfg.lr
 
 
-
-
 @dataclass
 class _Encoded:
     """Token ids and class ids of the splits, ready for batching."""
@@ -337,6 +335,13 @@ def train_classifier(
     members: list[GPTClassifier] = []
     member_info: list[dict[str, Any]] = []
     n_trainable = 0
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        history.append(record)
+        if out is not None:
+            MetricsLog(out / "metrics.jsonl").append(record)
+            _plots(history, out, cfg.ensemble)
+
     for k in range(cfg.ensemble):
         seed = cfg.seed + k
         # Every member starts from the same adapted base; the last one may take it over.
@@ -354,13 +359,7 @@ def train_classifier(
             save_classifier(model, out, {**meta, "best": bests[0], "ensemble": k + 1, "members": bests}, labels,
                             tokenizer, member=k)
 
-        def on_epoch(record: dict[str, Any]) -> None:
-            history.append(record)
-            if out is not None:
-                MetricsLog(out / "metrics.jsonl").append(record)
-                _plots(history, out, cfg.ensemble)
-
-        best, _ = _fit(model, cfg, seed, data, bf16, k, t0, save if out is not None else None, on_epoch, progress, log)
+        best = _fit(model, cfg, seed, data, bf16, k, t0, save if out is not None else None, on_epoch, progress, log)
         members.append(model.eval())
         test_acc = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)["accuracy"]
         member_info.append({"seed": seed, "best_epoch": best["epoch"], "best": best, "val_accuracy": best["val_accuracy"],
@@ -392,9 +391,9 @@ def _fit(
     model: GPTClassifier, cfg: ClassifyConfig, seed: int, data: _Encoded, bf16: bool, member: int, t0: float,
     save: Callable[[GPTClassifier, dict[str, Any]], None] | None,
     on_epoch: Callable[[dict[str, Any]], None] | None, progress: bool, log: Callable[[str], None],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Train one classifier for ``cfg.epochs``, evaluating each epoch; leaves the best epoch's weights in
-    ``model`` and returns ``(best record, history)``. ``save(model, record)`` runs on each new best,
+    ``model`` and returns that epoch's record. ``save(model, record)`` runs on each new best,
     ``on_epoch(record)`` after every epoch."""
     from tqdm.auto import tqdm
 
@@ -410,7 +409,6 @@ def _fit(
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     names = data.labels.names
-    history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
@@ -460,7 +458,6 @@ def _fit(
         }
         if cfg.ensemble > 1:
             record["member"] = member + 1
-        history.append(record)
         improved = best is None or (m_val["accuracy"], -m_val["loss"]) > (best["val_accuracy"], -best["val_loss"])
         if improved:
             best = record
@@ -477,7 +474,7 @@ def _fit(
     bar.close()
     assert best is not None and best_state is not None
     model.load_state_dict(best_state)
-    return best, history
+    return best
 
 
 def _plots(history: list[dict[str, Any]], out: Path, members: int) -> None:
