@@ -7,6 +7,27 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK: int | None = None
+
+
+def umask() -> int:
+    """The process's file-creation mask (read once; ``os.umask`` can only be read by setting it)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def default_mode(folder: bool = False) -> int:
+    """The permissions a plain ``open()`` (or ``mkdir``) would give a new file: 0666 (0777) less the umask.
+
+    Temporary files from :mod:`tempfile` are created 0600 (0700 for folders); files renamed into place
+    from them get these permissions instead, like files every other tool writes.
+    """
+    return (0o777 if folder else 0o666) & ~umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
@@ -21,6 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

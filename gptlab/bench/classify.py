@@ -69,7 +69,7 @@ def register_target(sub: argparse._SubParsersAction) -> None:
         help="SMS spam accuracy of a fine-tuned gptlab model vs TF-IDF + logistic regression and the book",
         description="Fine-tune a gptlab-pretrained model on the book's balanced SMS spam split for several "
         "split seeds; report test accuracy, the false-positive rate on the left-out ham, and the TF-IDF + "
-        "logistic-regression baseline on the same splits. Target: mean accuracy >= 98.0%%, each run < 10 min.",
+        "logistic-regression baseline on the same splits. Target: mean accuracy >= 98.0%, each run < 10 min.",
     )
     p.add_argument("--model", default=None,
                    help="base model (a gptlab pretrain run folder); default: runs/classify-base, pretrained first if missing")
@@ -133,6 +133,8 @@ def _default_base(log) -> str:
         if not link.exists():
             os.symlink(src.resolve(), link)
     args = [a.format(corpus=corpus) for a in PRETRAIN_ARGS] + ["--out", str(out), "--no-progress"]
+    if is_run_dir(out):  # an earlier attempt stopped before its first checkpoint: start it again
+        args.append("--overwrite")
     log("no --model given: pretraining the base model once: gptlab " + " ".join(args))
     from gptlab.cli import main
 

@@ -35,7 +35,7 @@ def run_pipeline(model: str, work: Path, lr: float | None = None, epochs: float 
     overrides = {"epochs": epochs, "batch_size": batch_size, "out": str(run_dir), "lr": lr}
     t0 = time.perf_counter()
     result = finetune(InstructConfig(data="instruction-data", model=model), instruct_train_config(overrides),
-                      progress=progress, log=_quiet)
+                      progress=progress, log=_quiet, overwrite=True)  # the bench owns its work folder
     t_train = time.perf_counter() - t0
     test = load_examples(run_dir / "data" / "test.json")
     answers = work / "test-with-response.json"

@@ -67,7 +67,7 @@ def book_check(work: Path, precision: str = "fp32", progress: bool = False) -> d
         eval_batches=5, eval_train_batches=5, sample_prompt="Every effort moves you", sample_tokens=25, precision=precision,
         seed=123, out=str(work / "book"), keep_last=1,
     )
-    result = pretrain(cfg, progress=progress, log=_quiet)
+    result = pretrain(cfg, progress=progress, log=_quiet, overwrite=True)  # the bench owns its work folder
     first, last = result.history[0], result.history[-1]
     ok = (abs(first["val_loss"] - 10.98) < 0.3 and last["train_eval_loss"] < 0.7 and 6.0 <= last["val_loss"] <= 6.8)
     return {

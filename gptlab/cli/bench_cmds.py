@@ -2,13 +2,15 @@
 
 A target is a module with a ``register_target(sub)`` function that adds ``gptlab bench TARGET`` to
 ``sub`` (an argparse sub-parsers object) and sets its handler; add a target by writing such a module
-and listing it in ``_TARGET_MODULES``.
+and listing it in ``_TARGET_MODULES``. A target may use its module docstring as its description:
+reST markup in it is shown as plain text by ``--help`` (see :func:`plain_text`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 
 _TARGET_MODULES = [
     "gptlab.bench.tokenizer",
@@ -19,6 +21,32 @@ _TARGET_MODULES = [
     "gptlab.bench.instruct",
     "gptlab.bench.serve",
 ]
+
+
+# ``code`` and :role:`target` (also :role:`~pkg.mod.name` and :role:`title <target>`), as docstrings write them.
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`([^`]+)`")
+
+
+def _role_text(match: re.Match[str]) -> str:
+    """What Sphinx shows for a role: the title if given, the last name after ``~``, else the target."""
+    target = match.group(1)
+    titled = re.fullmatch(r"(.+?)\s*<[^>]+>", target, re.DOTALL)
+    if titled:
+        return titled.group(1)
+    if target.startswith("~"):
+        return target[1:].rsplit(".", 1)[-1]
+    return target
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` (a docstring) with its reST inline markup turned into the plain text it stands for.
+
+    ``--help`` prints descriptions as they are, so markup meant for the API docs would show raw.
+    """
+    if not text:
+        return text
+    return _LITERAL.sub(r"\1", _ROLE.sub(_role_text, text))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 continue
             raise
         module.register_target(sub)
+    for target in sub.choices.values():
+        target.description = plain_text(target.description)
+        target.epilog = plain_text(target.epilog)
 
     def no_target(args: argparse.Namespace) -> int:
         parser.print_help()

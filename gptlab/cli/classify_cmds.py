@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--model", required=True,
                    help="base model: a gptlab pretrain run folder, a Hugging Face GPT-2 folder, a hub name, or a preset (random weights)")
     t.add_argument("--out", default=None, help="classifier folder to write (default runs/classify-<data>-<time>)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder (only one that holds a classifier)")
     t.add_argument("--trainable", choices=["head", "last", "all", "lora"], default=None,
                    help="what trains: head only, last N blocks + final norm + head (default), all layers, or LoRA "
                    "(default lora when --lora-rank is given)")
@@ -66,13 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "eval",
         help="metrics of a classifier on labelled data",
-        description="Accuracy, precision, recall, F1 and the confusion matrix of a classifier folder. With "
-        "sms-spam, --split picks the part of the split the model was trained with (same seed).",
+        description="Accuracy, precision, recall, F1 and the confusion matrix of a classifier folder. By default "
+        "on the test part of the data it was trained with: the folder remembers the file, its columns and the "
+        "split, and --split picks another part of the same split.",
     )
     e.add_argument("--model", required=True, help="classifier folder written by gptlab classify train")
     _data_args(e, split_seed=False)
-    e.add_argument("--split", choices=["train", "val", "test", "left-out", "all"], default="test",
-                   help="with sms-spam: which part of the model's split (default test); a file is used whole")
+    e.add_argument("--split", choices=["train", "val", "test", "left-out", "all"], default=None,
+                   help="on the data the classifier was trained with (or sms-spam): which part of the same split "
+                   "(default test); any other file is used whole")
     e.add_argument("--base", default=None, help="base model for a LoRA classifier (default: the one it was trained on)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=_eval)
@@ -86,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--input", default=None,
                    help="file of texts: one per line, or a CSV/TSV/JSONL file (its --text-column)")
-    p.add_argument("--text-column", default="text", help="text column of a CSV/TSV/JSONL --input (default text)")
+    p.add_argument("--text-column", default=None,
+                   help="text column of a CSV/TSV/JSONL --input (default: the classifier's training column, else text)")
     p.add_argument("--base", default=None, help="base model for a LoRA classifier (default: the one it was trained on)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="one JSON object per text (JSON lines)")
@@ -100,10 +105,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser, split_seed: bool = True) -> None:
-    p.add_argument("--data", default="sms-spam" if split_seed else None,
-                   help="sms-spam (default for train) or a CSV/TSV/JSONL file with a text and a label column")
-    p.add_argument("--text-column", default="text", help="name of the text column/field (default text)")
-    p.add_argument("--label-column", default="label", help="name of the label column/field (default label)")
+    if split_seed:
+        p.add_argument("--data", default="sms-spam",
+                       help="sms-spam (default) or a CSV/TSV/JSONL file with a text and a label column")
+        p.add_argument("--text-column", default="text", help="name of the text column/field (default text)")
+        p.add_argument("--label-column", default="label", help="name of the label column/field (default label)")
+    else:  # eval: everything defaults to what the classifier was trained with (classifier.json)
+        p.add_argument("--data", default=None,
+                       help="sms-spam or a CSV/TSV/JSONL file (default: the data the classifier was trained on)")
+        p.add_argument("--text-column", default=None,
+                       help="name of the text column/field (default: the training one, else text)")
+        p.add_argument("--label-column", default=None,
+                       help="name of the label column/field (default: the training one, else label)")
     if split_seed:
         p.add_argument("--split-seed", type=int, default=123, help="seed of the balancing and the 70/10/20 split (default 123)")
         p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
@@ -112,41 +125,19 @@ def _data_args(p: argparse.ArgumentParser, split_seed: bool = True) -> None:
         p.add_argument("--test-fraction", type=float, default=0.2, help="share of the data for testing (default 0.2)")
 
 
-def _split(args: argparse.Namespace):
-    from gptlab.finetune.classify.data import SMS_SPAM, balanced_split, load_labeled
-
-    data = load_labeled(args.data, args.text_column, args.label_column)
-    balance = args.balance if args.balance is not None else args.data == SMS_SPAM
-    for name in ("val_fraction", "test_fraction"):
-        v = getattr(args, name)
-        if not 0 < v < 1:
-            raise GptlabError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
-    train_frac = 1 - args.val_fraction - args.test_fraction
-    if train_frac <= 0:
-        raise GptlabError("--val-fraction + --test-fraction leave nothing to train on")
-    splits = balanced_split(data, args.split_seed, (train_frac, args.val_fraction), balance)
-    info = {
-        "data": args.data if args.data == SMS_SPAM else str(Path(args.data).resolve()),
-        "text_column": args.text_column,
-        "label_column": args.label_column,
-        "split_seed": args.split_seed,
-        "balance": balance,
-        "fractions": [train_frac, args.val_fraction],
-        "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-                  "left_out": len(splits.left_out) if splits.left_out is not None else 0},
-    }
-    return splits, info
-
-
 def _train(args: argparse.Namespace) -> int:
+    from gptlab.finetune.classify.data import DataSpec
     from gptlab.finetune.classify.metrics import format_confusion, format_metrics
+    from gptlab.finetune.classify.store import classifier_out_dir
     from gptlab.finetune.classify.train import ClassifyConfig, train_classifier
 
     trainable = args.trainable or ("lora" if args.lora_rank is not None else "last")
     if args.lora_rank is not None and trainable != "lora":
         raise GptlabError(f"--lora-rank given with --trainable {trainable}; use --trainable lora (or leave it out)")
+    # Only a given --lora-rank reaches the config: "rank or default" would turn --lora-rank 0 into the default.
+    lora_rank = {} if args.lora_rank is None else {"lora_rank": args.lora_rank}
     cfg = ClassifyConfig(
-        model=args.model, trainable=trainable, last_blocks=args.last_blocks, lora_rank=args.lora_rank or 16,
+        model=args.model, trainable=trainable, last_blocks=args.last_blocks, **lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, lora_dropout=args.lora_dropout,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_frac=args.warmup, schedule=args.schedule, max_length=args.max_length, append_eot=args.append_eot,
@@ -154,10 +145,15 @@ def _train(args: argparse.Namespace) -> int:
         lm_epochs=args.lm_epochs, lm_lr=args.lm_lr, ensemble=args.ensemble,
     )
     cfg.validate()
-    splits, info = _split(args)
-    out = Path(args.out) if args.out else Path("runs") / f"classify-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = DataSpec.from_flags(args.data, args.text_column, args.label_column, args.split_seed, args.balance,
+                               args.val_fraction, args.test_fraction)
+    path = args.out or Path("runs") / f"classify-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Checked before the data and the base model load, so a bad --out costs a second, not a model load.
+    out_dir = classifier_out_dir(path, overwrite=args.overwrite)
+    splits = spec.split()
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = train_classifier(cfg, splits, out, info, progress=not args.no_progress, log=log)
+    result = train_classifier(cfg, splits, out_dir, spec.record(splits), progress=not args.no_progress, log=log)
+    out = out_dir.path
     result.pop("model")
     if args.json:
         print(json.dumps({"out": str(out), **result}, indent=2))
@@ -182,42 +178,36 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from gptlab.finetune.classify.data import SMS_SPAM, LabeledTexts, balanced_split, load_labeled
+    from gptlab.finetune.classify.data import eval_data
     from gptlab.finetune.classify.metrics import format_confusion, format_metrics
+    from gptlab.finetune.classify.store import classifier_meta
     from gptlab.finetune.classify.train import labeled_texts_metrics, load_classifier
 
+    # The data first (from classifier.json alone): a wrong flag should not wait for a model to load.
+    recorded = classifier_meta(args.model).get("data")
+    data, split, spec = eval_data(recorded, args.data, args.text_column, args.label_column, args.split,
+                                  where=str(Path(args.model) / "classifier.json"))
     model, tokenizer, labels, meta = load_classifier(args.model, args.base)
-    data_info = meta.get("data") or {}
-    spec = args.data or data_info.get("data")
-    if not spec:
-        raise GptlabError("--data: give the labelled data to evaluate on")
-    if spec == SMS_SPAM:
-        full = load_labeled(SMS_SPAM)
-        if args.split == "all":
-            data = full
-        else:
-            seed = int(data_info.get("split_seed", 123)) if data_info.get("data") == SMS_SPAM else 123
-            fractions = tuple(data_info.get("fractions", (0.7, 0.1)))
-            data = balanced_split(full, seed, fractions, bool(data_info.get("balance", True))).get(args.split)
-    else:
-        data = load_labeled(spec, args.text_column, args.label_column)
-    assert isinstance(data, LabeledTexts)
     m = labeled_texts_metrics(model, tokenizer, labels, meta, data)
     if args.json:
-        print(json.dumps({"model": str(args.model), "data": spec, "split": args.split if spec == SMS_SPAM else None, **m}, indent=2))
+        print(json.dumps({"model": str(args.model), "data": spec, "split": split, **m}, indent=2))
         return 0
-    print(format_metrics(args.split if spec == SMS_SPAM else "data", m))
+    print(format_metrics(split, m))
     print(format_confusion(m))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from gptlab.finetune.classify.data import read_texts
+    from gptlab.finetune.classify.store import classifier_meta
     from gptlab.finetune.classify.train import classify_texts, load_classifier
 
+    if args.batch_size < 1:
+        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    recorded = classifier_meta(args.model).get("data") or {}
     texts = list(args.texts)
     if args.input:
-        texts += read_texts(args.input, args.text_column)
+        texts += read_texts(args.input, args.text_column or recorded.get("text_column", "text"))
     if not texts:
         raise GptlabError("no text to classify: give texts as arguments or --input FILE")
     for i, t in enumerate(texts):

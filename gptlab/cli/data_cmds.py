@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from gptlab.errors import GptlabError
 
@@ -23,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default="gpt2", metavar="gpt2|char|PATH",
                    help="'gpt2' (default), 'char' (alphabet of the data; saved as OUT/tokenizer.json) "
                    "or a tokenizer file (copied to OUT/tokenizer.json)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created if needed)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to create; a non-empty one (e.g. data a run trains from) needs --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the prepared data already in --out")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the tokens, at the end, for validation (default 0.1; 0 for none)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="encoding processes (default: all CPUs)")
@@ -81,18 +84,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.max_mb is not None and args.max_mb <= 0:
         raise GptlabError(f"--max-mb must be positive, got {args.max_mb}")
+    from gptlab.data.prep import is_prepared_dir
+    from gptlab.outdir import StagedOutDir
+
+    out = StagedOutDir(args.out, overwrite=args.overwrite, kind="prepared data folder", is_same_kind=is_prepared_dir)
     start = time.perf_counter()
-    meta = prepare(
-        args.data,
-        args.out,
-        tokenizer=args.tokenizer,
-        val_fraction=args.val_fraction,
-        workers=args.workers,
-        errors=args.errors,
-        max_bytes=None if args.max_mb is None else max(1, int(args.max_mb * 1e6)),
-        use_tiktoken=not args.no_tiktoken,
-        progress=False if args.no_progress else None,
-    )
+    with out.claim() as work:
+        meta = _run_prepare(args, work)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"out": args.out, "seconds": round(seconds, 3)} | meta))
@@ -103,6 +101,22 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     print(f"tokenizer {meta['tokenizer']['name']} (n_vocab {meta['n_vocab']:,}, {meta['dtype']}), encoder {meta['encoder']}")
     return 0
+
+
+def _run_prepare(args: argparse.Namespace, out_dir: Path) -> dict:
+    from gptlab.data.prep import prepare
+
+    return prepare(
+        args.data,
+        out_dir,
+        tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        errors=args.errors,
+        max_bytes=None if args.max_mb is None else max(1, int(args.max_mb * 1e6)),
+        use_tiktoken=not args.no_tiktoken,
+        progress=False if args.no_progress else None,
+    )
 
 
 def _list(args: argparse.Namespace) -> int:

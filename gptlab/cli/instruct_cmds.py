@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from gptlab.errors import GptlabError
 
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     for flag, field, help_text in _TRAIN_FLAGS:
         t.add_argument(flag, dest=field, type=type(getattr(defaults, field)), default=None, help=help_text)
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=_train)
@@ -90,15 +92,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--split", choices=["all", "train", "test", "val"], default="all",
                    help="answer only this part of the book's 85/10/5 split of --data (default all)")
     g.add_argument("--split-seed", type=_split_seed, default="book", help="as for instruct train (default book)")
-    g.add_argument("--out", default=None, help="output JSON (default <data>-with-response.json in this folder)")
+    g.add_argument("--out", default=None,
+                   help="output JSON (default <data>-with-response.json in this folder); an existing one is "
+                        "continued, or replaced with --overwrite, only if instruct generate wrote it")
     g.add_argument("--style", default=None, help="prompt style (default: the model's prompt_style.json, else alpaca)")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
     g.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    g.add_argument("--seed", type=int, default=123, help="sampling seed (default 123)")
+    g.add_argument("--seed", type=int, default=123,
+                   help="sampling seed (default 123); each prompt has its own generator seeded with it, so an "
+                        "answer does not depend on its batch")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    g.add_argument("--overwrite", action="store_true", help="start over instead of continuing an existing --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over instead of continuing an existing --out (only an answers file is replaced)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.set_defaults(func=_generate)
@@ -137,6 +144,8 @@ def _train(args: argparse.Namespace) -> int:
             name = given[0] if given else "config"
             raise GptlabError(f"--{name.replace('_', '-')} cannot change when resuming {args.resume}; "
                               "the run's own settings are used")
+        if args.overwrite:
+            raise GptlabError("--overwrite starts a new run; it cannot be combined with --resume")
         result = resume_finetune(args.resume, overrides, progress=not args.no_progress, log=log)
     else:
         if args.model is None:
@@ -146,27 +155,27 @@ def _train(args: argparse.Namespace) -> int:
         if icfg.lora_rank < 0:
             raise GptlabError(f"--lora-rank must be >= 0, got {icfg.lora_rank}")
         tcfg = instruct_train_config(overrides, args.config)
-        result = finetune(icfg, tcfg, progress=not args.no_progress, log=log)
+        result = finetune(icfg, tcfg, progress=not args.no_progress, log=log, overwrite=args.overwrite)
+    code = 130 if result.stopped_by == "interrupted" else 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-        return 0
+        return code
     run = result.run_dir
     history = [h for h in result.history if h.get("val_loss") is not None]
     print()
     print(f"run saved in {run}  ({result.step} steps, {result.elapsed:.0f}s)")
     if history:
         print(f"validation loss {history[0]['val_loss']:.4f} -> {history[-1]['val_loss']:.4f} "
-              f"(best {result.best_val_loss:.4f}); curves: {run / 'loss.png'}")
+              + (f"(best {result.best_val_loss:.4f})" if result.best_val_loss is not None else "")
+              + f"; curves: {run / 'loss.png'}")
     print("next:")
     print(f"  answer the test split: gptlab instruct generate --model {run} --data {run}/data/test.json "
           f"--out {run}/test-with-response.json")
     print(f"  score the answers:     gptlab instruct eval --responses {run}/test-with-response.json")
-    return 130 if result.stopped_by == "interrupted" else 0
+    return code
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from gptlab.finetune.instruct.data import load_examples, resolve_data, split_examples
     from gptlab.finetune.instruct.generate import generate_responses
 
@@ -175,11 +184,13 @@ def _generate(args: argparse.Namespace) -> int:
         entries = split_examples(entries, seed=args.split_seed)[args.split]
         if not entries:
             raise GptlabError(f"--split {args.split}: no entries in that part of {args.data}")
-    out = args.out or f"{resolve_data(args.data).stem}-with-response.json"
+    data_path = resolve_data(args.data)
+    out = args.out or f"{data_path.stem}-with-response.json"
     summary = generate_responses(
         args.model, entries, out, style=args.style, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
         overwrite=args.overwrite, progress=not args.no_progress, device=args.device, log=_log_for(args),
+        data_path=data_path,
     )
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -188,6 +199,26 @@ def _generate(args: argparse.Namespace) -> int:
               f"{summary['resumed']} from an earlier run)")
         print(f"next: gptlab instruct eval --responses {out}")
     return 0
+
+
+def _check_scores_out(out: Path, responses: Path) -> None:
+    """An explicit ``instruct eval --out`` must be writable, and replace only scores that eval wrote.
+
+    The scores file is rewritten after every judged answer, so anything else there (the responses
+    themselves, a user's file) would be lost at the first save.
+    """
+    from gptlab.finetune.instruct.generate import check_output_file
+
+    check_output_file(out, "--out", responses, "--responses")
+    if not out.exists():
+        return
+    try:
+        saved = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if not (isinstance(saved, dict) and "summary" in saved and "entries" in saved):
+        raise GptlabError(f"--out {out}: exists and is not a scores file of gptlab instruct eval; refusing to "
+                          "replace it; delete it yourself or choose another --out")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -200,6 +231,8 @@ def _eval(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise GptlabError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    if args.out:
+        _check_scores_out(Path(args.out).expanduser(), Path(args.responses).expanduser())
     summary = evaluate_responses(args.responses, args.out, args.judge_url, args.judge_model, args.judge_timeout,
                                  api_key, progress=not args.no_progress, log=_log_for(args))
     judge = summary.get("judge")

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=list(PRESETS), help="a named config")
-    src.add_argument("--model", metavar="DIR", help="a Hugging Face GPT-2 folder (reads its config.json)")
+    src.add_argument("--model", metavar="DIR",
+                     help="a pretraining run folder or a Hugging Face GPT-2 folder (reads its config.json)")
+    src.add_argument("--list-presets", action="store_true", help="list the named configs with their sizes")
     p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
                    help="share the token embedding with the output head (preset default: untied, as in the book)")
     p.add_argument("--qkv-bias", action=argparse.BooleanOptionalAction, default=None,
@@ -48,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more random")
     g.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     g.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set with probability >= p")
-    g.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed, for reproducible sampling; each prompt gets its own generator seeded with it, "
+                        "so a prompt gives the same text alone or among others")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
@@ -65,6 +69,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from gptlab.model.config import GPTConfig
     from gptlab.model.memory import estimate_memory
 
+    if args.list_presets:
+        return _list_presets(args)
     if args.preset:
         cfg = GPTConfig.from_preset(args.preset)
         label = args.preset
@@ -72,9 +78,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from gptlab.model.hf import _read_config, config_from_hf
+        from gptlab.train.run_dir import is_run_dir, run_model_config
 
         directory = Path(args.model)
-        cfg = config_from_hf(_read_config(directory), str(directory / "config.json"))
+        if is_run_dir(directory):
+            cfg = run_model_config(directory)
+        else:
+            cfg = config_from_hf(_read_config(directory), str(directory / "config.json"))
         label = str(directory)
     if args.tied is not None:
         cfg = cfg.replace(tie_weights=args.tied)
@@ -105,14 +115,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_presets(args: argparse.Namespace) -> int:
+    """Print every preset's shape and parameter count."""
+    from gptlab.model.config import PRESETS
+    from gptlab.model.memory import estimate_memory
+
+    rows = []
+    for name, cfg in PRESETS.items():
+        est = estimate_memory(cfg, args.dtype, None, 1)
+        rows.append({"name": name, "parameters": est.parameters, "context_length": cfg.context_length,
+                     "emb_dim": cfg.emb_dim, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
+                     "tie_weights": cfg.tie_weights})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'preset':<12}{'parameters':>14}  {'context':>7}  {'emb_dim':>7}  {'heads':>5}  {'layers':>6}  tied head")
+    for r in rows:
+        print(f"{r['name']:<12}{r['parameters']:>14,}  {r['context_length']:>7}  {r['emb_dim']:>7}  {r['n_heads']:>5}  "
+              f"{r['n_layers']:>6}  {'yes' if r['tie_weights'] else 'no'}")
+    print("parameters with GPT-2's 50,257-token vocabulary; a run's own tokenizer changes the embedding size")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Load a model and its tokenizer, continue each prompt, print the text."""
     import torch
 
+    from gptlab.model.generate import check_sampling
     from gptlab.model.load import load_model, tokenizer_for
 
-    if args.max_new_tokens < 0:
-        raise GptlabError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    # Before loading the model: a bad flag costs a second, not a download.
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
     if args.stream and len(args.prompt) > 1:
         raise GptlabError("--stream prints one sequence; give a single --prompt")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from gptlab.errors import GptlabError
@@ -15,7 +16,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--tokenizer", "tokenizer", "gpt2 | char | bpe:N (train an N-token BPE on the data) | tokenizer file (default bpe:4096)"),
     ("--max-chars", "max_chars", "read at most this many bytes of raw text (0 = all; default 8,000,000)"),
     ("--val-fraction", "val_fraction", "share of the tokens held out for validation (default 0.1)"),
-    ("--preset", "preset", "model preset (gptlab info --list-presets; default gpt-micro)"),
+    ("--preset", "preset", "model preset (see gptlab info --list-presets; default gpt-micro)"),
     ("--init", "init", "weight init: gpt2 (N(0,0.02), default) or torch (PyTorch defaults, as the book's chapter 5)"),
     ("--batch-size", "batch_size", "sequences per micro-batch (default 16)"),
     ("--block-size", "block_size", "tokens per sequence (default: the model's context length)"),
@@ -24,15 +25,17 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--stride", "stride", "window stride for --sampling epoch (default: block size)"),
     ("--lr", "lr", "peak learning rate (default 1e-3)"),
     ("--min-lr", "min_lr", "learning rate at the end of the cosine decay (default 1e-4)"),
-    ("--warmup-steps", "warmup_steps", "linear warmup steps (default 100)"),
+    ("--warmup-steps", "warmup_steps", "linear warmup steps (default: 100, or a tenth of a run shorter than 1,000 steps)"),
     ("--weight-decay", "weight_decay", "AdamW weight decay on matrices (default 0.1)"),
     ("--beta1", "beta1", "AdamW beta1 (default 0.9)"),
     ("--beta2", "beta2", "AdamW beta2 (default 0.95)"),
     ("--grad-clip", "grad_clip", "clip the gradient norm to this (0 = off; default 1.0)"),
-    ("--max-steps", "max_steps", "stop after this many optimizer steps"),
+    ("--max-steps", "max_steps", "stop after this many optimizer steps (counted over the whole run when resuming)"),
     ("--epochs", "epochs", "stop after this many passes over the training tokens"),
     ("--max-tokens", "max_tokens", "stop after this many training tokens"),
-    ("--time-budget", "time_budget", "stop after this wall time, e.g. 90s, 5m, 1h (default 3m when nothing else is set)"),
+    ("--time-budget", "time_budget", "stop after this much training time, evaluations included, e.g. 90s, 5m, 1h "
+     "(default 3m when no other stop condition is set; preparing the data comes first and is not counted). "
+     "Stop conditions given with --resume replace the run's saved ones"),
     ("--eval-interval", "eval_interval", "evaluate, sample and checkpoint every N steps (default 100)"),
     ("--eval-batches", "eval_batches", "validation batches per evaluation (default 8)"),
     ("--eval-batch-size", "eval_batch_size", "windows per evaluation batch (default 0: the training batch)"),
@@ -44,7 +47,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--device", "device", "auto | cpu | cuda | cuda:N | mps (default auto)"),
     ("--precision", "precision", "auto (bf16 autocast where bf16 is fast) | bf16 | fp32 (default auto)"),
     ("--seed", "seed", "random seed (default 1337)"),
-    ("--out", "out", "run folder (default runs/<data>-<time>)"),
+    ("--out", "out", "run folder to create (default runs/<data>-<time>); a non-empty one needs --overwrite"),
 ]
 
 
@@ -69,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compile the model with torch.compile (falls back to eager with a warning)")
     p.add_argument("--model-set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model field, e.g. --model-set n_layers=6 --model-set drop_rate=0.0")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints are deleted once the new run starts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final result as JSON")
     p.set_defaults(func=_pretrain)
@@ -77,8 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write a pretraining run's model as config.json + model.safetensors, "
                        "loadable by transformers' GPT2LMHeadModel and by gptlab generate --model DIR.")
     e.add_argument("run_dir", help="a folder written by gptlab pretrain")
-    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--out", required=True,
+                   help="output folder to create, e.g. RUN/hf (not the run folder itself); a non-empty one needs --overwrite")
     e.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     e.set_defaults(func=_export)
 
 
@@ -96,48 +103,91 @@ def _parse_model_set(items: list[str]) -> dict:
     return out
 
 
+# Flags where 0 would mean "not set" in a config file; given on the command line, 0 is a mistake.
+_POSITIVE_FLAGS = {"max_steps": "--max-steps", "epochs": "--epochs", "max_tokens": "--max-tokens"}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    for field, flag in _POSITIVE_FLAGS.items():
+        value = getattr(args, field)
+        if value is not None and value <= 0:
+            raise GptlabError(f"{flag} must be positive, got {value:g}")
+    if args.time_budget is not None:
+        from gptlab.train.config import parse_duration
+
+        if parse_duration(args.time_budget) <= 0:
+            raise GptlabError(f"--time-budget must be a positive duration like 90s, 5m or 1h, got {args.time_budget!r}")
+    if args.overwrite and args.resume:
+        raise GptlabError("--overwrite starts a new run; it cannot be combined with --resume")
+
+
+def _stop_text(result, cfg) -> str:
+    """Why the run ended, in words."""
+    reasons = {
+        "max_steps": f"it reached --max-steps {cfg.max_steps:,}",
+        "max_tokens": f"it reached --max-tokens {cfg.max_tokens:,}",
+        "epochs": f"it completed --epochs {cfg.epochs:g}",
+        "time_budget": f"its --time-budget {cfg.time_budget} was used up",
+        "interrupted": "it was interrupted (Ctrl-C); the checkpoint holds the exact position",
+        "callback": "a callback asked it to stop",
+    }
+    return reasons.get(result.stopped_by, result.stopped_by)
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from gptlab.train import pretrain, resolve_run_config
 
+    _check_flags(args)
     overrides = {field: getattr(args, field) for _, field, _ in _FLAGS}
     overrides["compile"] = args.compile
     if args.model_set:
         overrides["model"] = _parse_model_set(args.model_set)
     cfg, run_dir = resolve_run_config(overrides, args.config, args.resume)
-    if not args.resume and not any([cfg.max_steps, cfg.epochs, cfg.max_tokens]) and not cfg.time_budget:
-        raise GptlabError("no stop condition: pass --max-steps, --epochs, --max-tokens or --time-budget")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    result = pretrain(cfg, resume=run_dir, progress=not args.no_progress, log=log)
+    wall = time.perf_counter()
+    result = pretrain(cfg, resume=run_dir, progress=not args.no_progress, log=log, overwrite=args.overwrite)
+    wall = time.perf_counter() - wall
+    code = 130 if result.stopped_by == "interrupted" else 0
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
+        print(json.dumps(result.to_dict() | {"wall_seconds": round(wall, 3)}, indent=2))
+        return code
     run = result.run_dir
     print()
-    print(f"run saved in {run}  ({result.step} steps, {result.tokens:,} tokens, {result.elapsed:.0f}s, "
+    print(f"run saved in {run}  ({result.step} steps, {result.tokens:,} tokens, {result.elapsed:.0f}s of training, "
           f"{result.tokens_per_sec:,.0f} tokens/s" + (f", MFU {result.mfu:.1%}" if result.mfu else "") + ")")
+    print(f"stopped because {_stop_text(result, cfg)}; {wall:.0f}s wall time in all "
+          f"(the rest: preparing data, loading, the first evaluation)")
     if result.val_loss is not None:
-        print(f"final validation loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); curves: {run / 'loss.png'}")
+        best = f" (best {result.best_val_loss:.4f})" if result.best_val_loss is not None else ""
+        print(f"last validation loss {result.val_loss:.4f}{best}; curves: {run / 'loss.png'}")
     prompt = cfg.sample_prompt or ("def main(" if cfg.data == "python-stdlib" else "The")
     print("next:")
+    if code and result.step:
+        print(f"  continue it:           gptlab pretrain --resume {run}")
     print(f"  sample from it:        gptlab generate --model {run} --prompt '{prompt}' --max-new-tokens 100")
-    print(f"  train it longer:       gptlab pretrain --resume {run} --time-budget 10m")
+    print(f"  train it longer:       gptlab pretrain --resume {run} --max-steps {2 * max(result.step, 1)}")
     print(f"  export it (HF format): gptlab export {run} --out {run}/hf")
-    return 130 if result.stopped_by == "interrupted" else 0
+    return code
 
 
 def _export(args: argparse.Namespace) -> int:
+    from gptlab.io import atomic_write_text
+    from gptlab.model.load import EXPORTED_TOKENIZER
+    from gptlab.outdir import StagedOutDir, is_run_dir
     from gptlab.train.run_dir import checkpoint_dir, load_run
 
+    out = StagedOutDir(args.out, overwrite=args.overwrite, kind="exported model folder",
+                       is_same_kind=lambda p: (p / "config.json").is_file() and not is_run_dir(p))
     model, tokenizer = load_run(args.run_dir, args.checkpoint)
-    out = Path(args.out)
-    model.save_pretrained(out)
-    if getattr(tokenizer, "name", "") != "gpt2":
-        tokenizer.save(out / "tokenizer.json")
-        # GPT-2's config names 50256 as its begin/end token; a run's own vocabulary has its own (or none).
-        from gptlab.io import atomic_write_text
-
-        hf_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eot_id
-        atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
-    print(f"wrote {out} from {checkpoint_dir(args.run_dir, args.checkpoint)}")
+    with out.claim() as work:
+        model.save_pretrained(work)
+        if getattr(tokenizer, "name", "") != "gpt2":
+            # gptlab's own tokenizer format, under a name of its own: Hugging Face tools read any file
+            # called tokenizer.json as theirs, and this one is not (yet) in their format.
+            tokenizer.save(work / EXPORTED_TOKENIZER)
+            # GPT-2's config names 50256 as its begin/end token; a run's own vocabulary has its own (or none).
+            hf_config = json.loads((work / "config.json").read_text(encoding="utf-8"))
+            hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eot_id
+            atomic_write_text(work / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    print(f"wrote {out.path} from {checkpoint_dir(args.run_dir, args.checkpoint)}")
     return 0

@@ -30,7 +30,7 @@ import numpy as np
 from gptlab.data.corpus import Piece, Source, check_errors_mode, plan_pieces, resolve_source
 from gptlab.data.encoders import PieceEncoder, encode_piece, init_worker, scan_piece
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_write_text
+from gptlab.io import atomic_write_text, default_mode
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe import GPT2_PATTERN, BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
@@ -241,10 +241,20 @@ def _write_stream(
     return n
 
 
+def is_prepared_dir(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder written by :func:`prepare` (its meta.json says so)."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == META_FORMAT
+
+
 # ------------------------------------------------------------------------------------ files
 def _tmp_name(out: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
     os.close(fd)
+    os.chmod(tmp, default_mode())  # mkstemp makes it 0600; the published file follows the umask
     return Path(tmp)
 
 

@@ -4,6 +4,9 @@ One loop does it all (:func:`stream_generate`); :func:`generate` collects what i
 
 * Batches of prompts of different lengths are left-padded, with an attention mask so that padding is
   never attended to and position ids that start at each prompt's first real token.
+* Seeded sampling gives every sequence its own random generator, each seeded with ``seed``: a prompt
+  draws the same random numbers alone or in any position of any batch, so its text never depends on
+  its neighbours (as in the server's engine, one generator per request).
 * With the KV cache (the default) the window is processed once and then one token per step. When the
   window is full, absolute position embeddings mean every cached key would have to move to a new
   position, so the cache is refilled from the last ``context_length`` tokens; the output is therefore
@@ -12,6 +15,7 @@ One loop does it all (:func:`stream_generate`); :func:`generate` collects what i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -40,23 +44,61 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def check_sampling(
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int = 0,
+    *,
+    flags: bool = False,
+) -> None:
+    """Raise :class:`GptlabError` for the first unusable sampling setting, naming it.
+
+    ``flags`` names them as command-line flags (``--top-k``) instead of arguments (``top_k``), so a
+    command can check its flags with the rules generation itself applies, before loading a model.
+    """
+
+    def name(arg: str) -> str:
+        return "--" + arg.replace("_", "-") if flags else arg
+
+    if max_new_tokens < 0:
+        raise GptlabError(f"{name('max_new_tokens')} must be >= 0, got {max_new_tokens}")
+    # `not >= 0` also catches NaN, which would otherwise turn every probability into NaN.
+    if not (temperature >= 0.0 and math.isfinite(temperature)):
+        raise GptlabError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise GptlabError(f"{name('top_k')} must be a positive integer, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise GptlabError(f"{name('top_p')} must be in (0, 1], got {top_p}")
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Pick one token per row of ``logits`` ``[B, vocab]``; returns ``[B]`` token ids.
 
     Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, filtered
-    by :func:`filter_logits`, and sampled from.
+    by :func:`filter_logits`, and sampled from. ``generator`` is one generator for the whole batch,
+    or one per row (a list of ``B``): then each row draws only from its own, so what a row samples
+    does not depend on the other rows.
     """
-    if temperature <= 0.0:
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if len(generator) != probs.size(0):
+        raise GptlabError(f"generator: expected one per row ({probs.size(0)}), got {len(generator)}")
+    # Filtering and softmax stay batched; only the draw is per row (a vocab-sized multinomial, cheap
+    # next to the forward pass that produced the logits).
+    return torch.cat([torch.multinomial(probs[r : r + 1], num_samples=1, generator=g).view(1)
+                      for r, g in enumerate(generator)])
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +160,9 @@ def stream_generate(
 
     * ``idx``: a ``[B, T]`` (or ``[T]``) tensor, a list of ids, or a list of id lists (left-padded here).
     * ``attention_mask``: ``[B, T]`` for a left-padded tensor prompt (1 = real token).
-    * ``temperature``/``top_k``/``top_p``: see :func:`sample_next`; ``seed`` makes sampling reproducible.
+    * ``temperature``/``top_k``/``top_p``: see :func:`sample_next`; ``seed`` makes sampling reproducible,
+      per sequence: each has its own generator seeded with ``seed``, so a prompt samples the same text
+      alone or batched with any other prompts.
     * ``eos_id``: a sequence that produces it is finished; later steps yield ``pad_id`` for it
       (default ``eos_id``), and the loop stops once every sequence is finished.
     * ``use_cache``: the KV cache (default); without it each step re-reads the whole window.
@@ -126,19 +170,17 @@ def stream_generate(
       (:mod:`gptlab.model.compiled`): about 2x faster on CPU after a one-off compilation of
       seconds to a minute; numerically equivalent up to float rounding, not bit-identical.
     """
-    if max_new_tokens < 0:
-        raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if top_k is not None and top_k <= 0:
-        raise GptlabError(f"top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise GptlabError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
     if pad_id is None:
         pad_id = eos_id if eos_id is not None else 0
     ids, mask = _as_batch(idx, attention_mask, pad_id)
     device = next(model.parameters()).device
     ids = ids.to(device)
     B, ctx = ids.size(0), model.cfg.context_length
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    generators = None
+    if seed is not None and temperature > 0.0:
+        # One per sequence, all seeded alike: a row's draws are the same whatever else is in the batch.
+        generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
 
     # The whole sequence (prompt + new tokens) lives in one pre-allocated buffer; `n` is its used length.
     n = ids.size(1)
@@ -183,7 +225,7 @@ def stream_generate(
                                    position_ids=next_pos, last_only=True)
                 if next_pos is not None:
                     next_pos = next_pos + 1
-            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            token = _next_tokens(logits[:, -1, :], temperature, top_k, top_p, generators, finished)
             if eos_id is not None:
                 token = token.masked_fill(finished, pad_id)
                 finished |= token == eos_id
@@ -194,6 +236,24 @@ def stream_generate(
                 break
     finally:
         model.train(was_training)
+
+
+def _next_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generators: list[torch.Generator] | None,
+    finished: torch.Tensor,
+) -> torch.Tensor:
+    """One token per row; with per-row generators, finished rows draw nothing (their token is replaced anyway)."""
+    if generators is None or len(generators) == 1:
+        return sample_next(logits, temperature, top_k, top_p, generators[0] if generators else None)
+    live = (~finished).nonzero().flatten().tolist()
+    token = torch.zeros(logits.size(0), dtype=torch.long, device=logits.device)
+    if live:
+        token[live] = sample_next(logits[live], temperature, top_k, top_p, [generators[r] for r in live])
+    return token
 
 
 def _compiled_decode(

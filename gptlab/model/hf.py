@@ -369,7 +369,7 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
     from safetensors.torch import save_file
 
-    from gptlab.io import atomic_write_text
+    from gptlab.io import atomic_write_text, default_mode
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -379,6 +379,7 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, default_mode())  # mkstemp makes it 0600; the published file follows the umask
         os.replace(tmp, directory / SAFETENSORS)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

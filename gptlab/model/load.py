@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,15 +42,36 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None, seed: 
     )
 
 
+# Where `gptlab export` puts a run's own tokenizer (gptlab's format, so not under Hugging Face's name).
+EXPORTED_TOKENIZER = "gptlab-tokenizer.json"
+
+
+def _folder_tokenizer(path: Path) -> Tokenizer:
+    """An exported folder's own tokenizer; a gptlab ``tokenizer.json`` (older exports); else GPT-2's."""
+    if (path / EXPORTED_TOKENIZER).is_file():
+        return load_tokenizer(path / EXPORTED_TOKENIZER)
+    legacy = path / "tokenizer.json"
+    if legacy.is_file():
+        try:
+            is_ours = json.loads(legacy.read_bytes()).get("format") == "gptlab-tokenizer"
+        except (ValueError, AttributeError):
+            is_ours = False
+        if is_ours:
+            return load_tokenizer(legacy)
+    return get_tokenizer("gpt2")  # a Hugging Face GPT-2 folder (its tokenizer.json is GPT-2's BPE)
+
+
 def tokenizer_for(spec: str | os.PathLike, model: GPT) -> Tokenizer:
-    """GPT-2's tokenizer, unless the model's folder holds its own ``tokenizer.json``."""
+    """The tokenizer that goes with ``spec``: a run's, an exported folder's own, or GPT-2's."""
     path = Path(spec).expanduser()
     from gptlab.train.run_dir import is_run_dir, load_run_tokenizer
 
     if is_run_dir(path):
         tok = load_run_tokenizer(path)
+    elif path.is_dir():
+        tok = _folder_tokenizer(path)
     else:
-        tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else get_tokenizer("gpt2")
+        tok = get_tokenizer("gpt2")
     if tok.n_vocab > model.cfg.vocab_size:
         raise GptlabError(
             f"tokenizer has {tok.n_vocab} ids but the model's vocab_size is {model.cfg.vocab_size}"

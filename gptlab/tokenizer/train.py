@@ -37,6 +37,14 @@ from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN
 from gptlab.tokenizer.pretokenize import Pretokenizer
 
 
+
+class VocabTooLargeError(GptlabError):
+    """The training text cannot make the vocabulary asked for; ``reachable`` is the largest it can make."""
+
+    def __init__(self, reachable: int, message: str) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
 def count_pretokens(
     text: str | Iterable[str], pattern: str = GPT2_PATTERN, special_tokens: Collection[str] = ()
 ) -> Counter[str]:
@@ -150,7 +158,8 @@ def train_bpe(
             # Pop the most frequent pair, re-pushing entries whose counts went down since they were pushed.
             while True:
                 if not heap:
-                    raise GptlabError(
+                    raise VocabTooLargeError(
+                        len(vocab) + n_special,
                         f"the training text has too few distinct pairs occurring at least {min_frequency} "
                         f"times to reach vocab_size {n_ordinary + n_special}: it can reach "
                         f"{len(vocab) + n_special} ({len(vocab)} ordinary + {n_special} special); "

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptlab.errors import GptlabError
+from gptlab.io import default_mode
 
 _PREFIX = "step-"
 
@@ -121,6 +122,7 @@ def save_checkpoint(
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, default_mode())  # safetensors writes 0600; the user's umask decides, as elsewhere
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -175,10 +177,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
 def load_model_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> None:
     """Load ``model.safetensors`` from a checkpoint folder into ``model`` (shapes must match)."""
     path = Path(ckpt_dir) / "model.safetensors"
+    if not path.is_file():
+        raise GptlabError(f"{path}: missing (the checkpoint has no weights file)")
     try:
         tensors = load_file(str(path))
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise GptlabError(f"{path}: cannot read weights ({exc})") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for a damaged file
+        raise GptlabError(f"{path}: cannot read weights, the file is damaged or truncated ({exc})") from None
     own = model.state_dict()
     for name, t in tensors.items():
         if name in own and own[name].shape != t.shape:
@@ -202,5 +206,5 @@ def load_state(ckpt_dir: str | os.PathLike) -> dict:
     path = Path(ckpt_dir) / "state.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
-        raise GptlabError(f"{path}: cannot read training state ({exc})") from None
+    except Exception as exc:  # a truncated zip, an unpickling refusal, ...: all mean "unreadable"
+        raise GptlabError(f"{path}: cannot read training state ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None

@@ -19,6 +19,12 @@ from typing import Any
 from gptlab.errors import GptlabError
 
 
+AUTO_WARMUP = -1
+DEFAULT_WARMUP = 100
+DEFAULT_TIME_BUDGET = "3m"
+STOP_KEYS = ("max_steps", "epochs", "max_tokens", "time_budget")
+
+
 @dataclass
 class TrainConfig:
     """All settings of a pretraining run (see ``gptlab pretrain --help`` for each)."""
@@ -45,16 +51,19 @@ class TrainConfig:
     # Optimisation.
     lr: float = 1e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 100
+    # Linear warmup; -1 = auto: 100 steps, or a tenth of a run shorter than 1,000 steps (a short run
+    # would otherwise end before it ever reached its learning rate).
+    warmup_steps: int = AUTO_WARMUP
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    # Stop conditions: whichever comes first (0 = not set). Without any, time_budget applies.
+    # Stop conditions: whichever comes first (0 / "" = not set). A new run without any trains for
+    # DEFAULT_TIME_BUDGET (see with_default_stop).
     max_steps: int = 0
     epochs: float = 0.0
     max_tokens: int = 0
-    time_budget: str = "3m"
+    time_budget: str = ""
     # Evaluation, samples and checkpoints (in optimizer steps).
     eval_interval: int = 100
     eval_batches: int = 8
@@ -81,7 +90,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise GptlabError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ["max_steps", "max_tokens", "block_size", "global_batch_tokens", "stride", "warmup_steps",
+        if self.warmup_steps < AUTO_WARMUP:
+            raise GptlabError(f"warmup_steps must be >= 0 (or -1 for auto), got {self.warmup_steps!r}")
+        for name in ["max_steps", "max_tokens", "block_size", "global_batch_tokens", "stride",
                      "checkpoint_interval", "max_chars", "eval_train_batches", "eval_batch_size"]:
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -100,6 +111,24 @@ class TrainConfig:
         if self.epochs < 0:
             raise GptlabError(f"epochs must be >= 0, got {self.epochs!r}")
         parse_duration(self.time_budget)
+
+    def has_stop(self) -> bool:
+        """Whether any stop condition (steps, epochs, tokens, time) is set."""
+        return bool(self.max_steps or self.epochs or self.max_tokens or parse_duration(self.time_budget))
+
+    def with_default_stop(self) -> TrainConfig:
+        """Give a run with no stop condition the default time budget (the main job's 3 minutes)."""
+        if not self.has_stop():
+            self.time_budget = DEFAULT_TIME_BUDGET
+        return self
+
+    def warmup_for(self, total_steps: int) -> int:
+        """The warmup in steps for a run of ``total_steps`` (0 = not known yet)."""
+        if self.warmup_steps != AUTO_WARMUP:
+            return self.warmup_steps
+        if total_steps and total_steps < 10 * DEFAULT_WARMUP:
+            return max(1, total_steps // 10)
+        return DEFAULT_WARMUP
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy of every field."""

@@ -9,17 +9,7 @@ from pathlib import Path
 import torch
 
 from gptlab.errors import GptlabError
-
-
-def is_run_dir(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a folder written by ``gptlab pretrain``."""
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text(encoding="utf-8")).get("format") == "gptlab-run"
-    except (ValueError, OSError):
-        return False
+from gptlab.outdir import is_run_dir  # noqa: F401 - re-exported: the run folder's readers live here
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, which: str = "best") -> Path:
@@ -54,16 +44,27 @@ def load_run_tokenizer(run_dir: str | os.PathLike):
     return load_tokenizer(run_dir / ref["file"]) if "file" in ref else gpt2_tokenizer()
 
 
+def run_model_config(run_dir: str | os.PathLike):
+    """The :class:`gptlab.model.GPTConfig` a run folder's model was built with."""
+    from gptlab.model import GPTConfig
+
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return GPTConfig.from_dict(saved["model"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GptlabError(f"{path}: corrupt run config ({type(exc).__name__}: {exc})") from None
+
+
 def load_run(run_dir: str | os.PathLike, which: str = "best", dtype: torch.dtype | None = None):
     """``(model, tokenizer)`` from a run folder, the model in eval mode on the CPU."""
-    from gptlab.model import GPT, GPTConfig
+    from gptlab.model import GPT
     from gptlab.train.checkpoint import load_model_weights
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise GptlabError(f"{run_dir}: not a gptlab run folder (no config.json with format gptlab-run)")
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    model = GPT(GPTConfig.from_dict(saved["model"]))
+    model = GPT(run_model_config(run_dir))
     load_model_weights(model, checkpoint_dir(run_dir, which))
     tokenizer = load_run_tokenizer(run_dir)
     if dtype is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -30,9 +31,10 @@ import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text
+from gptlab.outdir import OutDir, is_run_dir
 from gptlab.train import checkpoint as ckpt
 from gptlab.train.batches import EpochWindows, RandomWindows, eval_windows
-from gptlab.train.config import TrainConfig, config_from_dict, parse_duration
+from gptlab.train.config import STOP_KEYS, TrainConfig, config_from_dict, parse_duration
 from gptlab.train.distributed import DistInfo, all_reduce_mean, broadcast_flag, init_distributed, shutdown
 from gptlab.train.metrics import MetricsLog, plot_curves
 from gptlab.train.optim import make_adamw
@@ -89,7 +91,7 @@ def resolve_run_config(
         config_from_dict(values, source=str(config_file))  # report unknown keys against the file
     values.update({k: v for k, v in overrides.items() if v is not None})
     if resume is None:
-        cfg = config_from_dict(values, source="command line")
+        cfg = config_from_dict(values, source="command line").with_default_stop()
         cfg.validate()
         return cfg, None
     run_dir = Path(resume)
@@ -101,6 +103,11 @@ def resolve_run_config(
     except (ValueError, KeyError, TypeError) as exc:
         raise GptlabError(f"{saved_path}: corrupt run config ({exc})") from None
     cfg = config_from_dict(saved, source=str(saved_path))
+    if any(values.get(k) for k in STOP_KEYS):
+        # New stop conditions replace the saved ones: `--resume RUN --max-steps 800` must not still stop
+        # at the first run's time budget. Every stop condition counts over the whole run.
+        for key in STOP_KEYS:
+            setattr(cfg, key, getattr(TrainConfig(), key))
     for key, value in values.items():
         if key in IDENTITY_KEYS and value != getattr(cfg, key):
             raise GptlabError(
@@ -176,12 +183,10 @@ def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]
     spec = cfg.tokenizer
     if not spec.startswith("bpe:"):
         return spec
-    try:
-        vocab_size = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise GptlabError(f"tokenizer {spec!r}: expected bpe:N with N the vocabulary size, e.g. bpe:4096") from None
+    vocab_size = _bpe_size(spec)
     from gptlab.data.corpus import iter_documents
     from gptlab.tokenizer import BPETokenizer
+    from gptlab.tokenizer.train import VocabTooLargeError
 
     # Train on the part of the text that becomes training data (the last val_fraction is held out).
     docs = list(iter_documents(cfg.data, max_bytes=cfg.max_chars or None))
@@ -193,7 +198,14 @@ def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]
         keep.append(d[:budget])
         budget -= len(d)
     t0 = time.perf_counter()
-    tok = BPETokenizer.train(keep, vocab_size, name=f"bpe-{vocab_size}")
+    try:
+        tok = BPETokenizer.train(keep, vocab_size, name=f"bpe-{vocab_size}")
+    except VocabTooLargeError as exc:
+        # A small corpus (the-verdict: 20 kB) cannot fill the default 4,096 tokens: fit the vocabulary
+        # to the data rather than stop, and say so.
+        log(f"note: {cfg.data} has too few repeated pairs for {spec}; training bpe:{exc.reachable} instead "
+            f"(the most it can make; pass --tokenizer bpe:N with a smaller N, or char, to choose)")
+        tok = BPETokenizer.train(keep, exc.reachable, name=f"bpe-{exc.reachable}")
     log(f"trained a {tok.n_vocab}-token BPE tokenizer on {total / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
     return tok
 
@@ -254,6 +266,11 @@ class _Run:
         world_tokens = tokens_per_micro * self.info.world_size
         self.accum = max(1, math.ceil(cfg.global_batch_tokens / world_tokens)) if cfg.global_batch_tokens else 1
         self.tokens_per_step = world_tokens * self.accum
+        if cfg.global_batch_tokens and self.tokens_per_step != cfg.global_batch_tokens and not resuming \
+                and self.info.is_main and task is None:
+            log(f"note: global batch {cfg.global_batch_tokens:,} tokens rounded up to {self.tokens_per_step:,} "
+                f"({self.accum} micro-batch{'es' if self.accum > 1 else ''} of {cfg.batch_size} x {self.block} tokens"
+                + (f" on {self.info.world_size} processes" if self.info.world_size > 1 else "") + ")")
         if task is not None:
             self.sampler = task.sampler
         elif cfg.sampling == "epoch":
@@ -305,6 +322,10 @@ class _Run:
             self._restore()
         elif self.info.is_main:
             self._write_run_config()
+        warmup = cfg.warmup_for(self.total_steps)
+        if self.total_steps and warmup >= self.total_steps and self.info.is_main:
+            log(f"warning: warmup_steps {warmup} is not shorter than the run's {self.total_steps} steps, so the "
+                f"learning rate never reaches {cfg.lr:g}; lower --warmup-steps")
 
     # ------------------------------------------------------------------ planning
     def _planned_steps(self) -> int:
@@ -343,32 +364,62 @@ class _Run:
         atomic_write_text(self.run_dir / "config.json", json.dumps(payload, indent=2))
 
     def _restore(self) -> None:
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        if latest is None:
-            raise GptlabError(f"{self.run_dir}: no complete checkpoint to resume from")
         saved = json.loads((self.run_dir / "config.json").read_text())
         if saved.get("model") != self.model_cfg.to_dict():
             raise GptlabError(f"cannot resume {self.run_dir}: its model config differs from this command's")
         if saved.get("world_size", 1) != self.info.world_size and self.cfg.sampling == "random":
             self.log(f"note: resuming a {saved.get('world_size')}-process run on {self.info.world_size}; "
                      f"the data order will differ from the original")
-        state = ckpt.load_state(latest.path)
-        if self.task is not None and self.task.export_weights is not None:
-            # model.safetensors holds exported (e.g. merged) weights; the base comes from build_model()
-            # and only the trainable tensors were saved, so resuming is exact.
-            load_trainable_state(self.model, state["trainable"])
-        else:
-            ckpt.load_model_weights(self.model, latest.path)
+        state = self._load_newest_good_checkpoint()
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"][min(self.info.rank, len(state["sampler"]) - 1)])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.elapsed = float(state["elapsed"])
         self.best_val = state.get("best_val")
         self.total_steps = int(state["total_steps"]) if not self._planned_steps() else self._planned_steps()
+        budget = parse_duration(self.cfg.time_budget)
+        if not self._planned_steps() and budget > self.elapsed and self.total_steps <= self.step:
+            # A time-budget run given more time: plan its remaining steps from its average pace so far
+            # (re-planned from measured steps shortly after), instead of stopping at the old plan.
+            per_step = self.elapsed / max(self.step, 1)
+            self.total_steps = self.step + max(1, int((budget - self.elapsed) / per_step * 0.95))
         ckpt.set_rng_state(state["rng"][min(self.info.rank, len(state["rng"]) - 1)])
         if self.info.is_main:
             self.metrics.truncate_after(self.step)
         self.log(f"resumed {self.run_dir} at step {self.step} ({self.tokens:,} tokens)")
+
+    def _load_newest_good_checkpoint(self) -> dict:
+        """Load weights from the newest readable checkpoint and return its training state.
+
+        A damaged newest checkpoint (a truncated file after a crash or a full disk) is skipped, saying
+        so, and the one before it is used: losing a few steps beats not resuming at all.
+        """
+        checkpoints = ckpt.list_checkpoints(self.run_dir)
+        if not checkpoints:
+            raise GptlabError(f"{self.run_dir}: no complete checkpoint to resume from")
+        problems = []
+        for candidate in reversed(checkpoints):
+            try:
+                state = ckpt.load_state(candidate.path)
+                if self.task is not None and self.task.export_weights is not None:
+                    # model.safetensors holds exported (e.g. merged) weights; the base comes from
+                    # build_model() and only the trainable tensors were saved, so resuming is exact.
+                    load_trainable_state(self.model, state["trainable"])
+                else:
+                    ckpt.load_model_weights(self.model, candidate.path)
+            except (GptlabError, KeyError) as exc:
+                problems.append(f"{candidate.path.name}: {exc}")
+                note = ""
+                if self.info.is_main:  # set it aside (not deleted) so later saves and resumes skip it
+                    aside = candidate.path.parent / f".damaged-{candidate.path.name}"
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(candidate.path, aside)
+                    note = f", moved to {aside.name}"
+                self.log(f"warning: checkpoint {candidate.path} is damaged ({exc}{note}); "
+                         f"resuming from the one before it")
+                continue
+            return state
+        raise GptlabError(f"{self.run_dir}: no readable checkpoint to resume from ({'; '.join(problems)})")
 
     # ------------------------------------------------------------------ one step
     def _train_step(self, lr: float) -> float:
@@ -502,18 +553,22 @@ class _Run:
 
             bar = tqdm(total=self.total_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
                        file=sys.stderr, desc=self.task.name if self.task else "pretrain")
-        if self.step == 0:
-            self._eval_and_log(None, on_eval, bar, save=False)
+        # A time budget covers the evaluations too: the last one (with its sample and checkpoint) is
+        # reserved at the end, so the run finishes within the budget rather than one evaluation past it.
+        self._eval_seconds = 0.0
         window_losses: list[float] = []
         stopped_by = "steps"
-        start = time.perf_counter() - self.elapsed
+        start_step = self.step  # step timing restarts after a resume (the first steps are slower)
         first_timed: tuple[int, float] | None = None
         try:
+            if self.step == 0:
+                self._eval_and_log(None, on_eval, bar, save=False)
+            start = time.perf_counter() - self.elapsed
             while True:
                 if self.total_steps and self.step >= self.total_steps:
                     stopped_by = self._stop_reason()
                     break
-                lr = lr_at(self.step, peak=cfg.lr, warmup_steps=cfg.warmup_steps,
+                lr = lr_at(self.step, peak=cfg.lr, warmup_steps=cfg.warmup_for(self.total_steps),
                            total_steps=self.total_steps, floor=cfg.min_lr)
                 loss = self._train_step(lr)
                 window_losses.append(loss)
@@ -522,18 +577,20 @@ class _Run:
                 self.elapsed = time.perf_counter() - start
                 if budget and not (cfg.max_steps or cfg.max_tokens or cfg.epochs):
                     # Time-budget runs: plan the cosine from measured step times (after a warm-up step).
-                    if self.step == 2:
+                    if self.step == start_step + 2:
                         first_timed = (self.step, self.elapsed)
-                    elif first_timed and (self.step == 6 or self.step % cfg.eval_interval == 0):
+                    elif first_timed and (self.step == start_step + 6 or self.step % cfg.eval_interval == 0):
                         per_step = (self.elapsed - first_timed[1]) / (self.step - first_timed[0])
-                        self.total_steps = max(self.step + 1, int(self.step + (budget - self.elapsed) / per_step * 0.95))
+                        left = budget - self.elapsed - self._eval_seconds
+                        self.total_steps = max(self.step + 1, int(self.step + left / per_step * 0.95))
                         if bar is not None:
                             bar.total = self.total_steps
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}",
                                     tok_s=f"{self.tokens / max(self.elapsed, 1e-9):,.0f}")
-                time_up = broadcast_flag(bool(budget) and self.elapsed >= budget, self.info, self.device)
+                time_up = broadcast_flag(bool(budget) and self.elapsed + self._eval_seconds >= budget,
+                                         self.info, self.device)
                 done = time_up or (self.total_steps and self.step >= self.total_steps)
                 if self.step % cfg.eval_interval == 0 or done:
                     train_loss = all_reduce_mean(sum(window_losses) / len(window_losses), self.info, self.device)
@@ -578,6 +635,7 @@ class _Run:
 
     def _eval_and_log(self, train_loss, on_eval, bar, save: bool, lr: float | None = None) -> bool:
         """Evaluate, log, plot, sample, checkpoint; True if ``on_eval`` asks the run to stop."""
+        began = time.perf_counter()
         val_loss = self._evaluate(self.val_batches)
         train_eval = self._evaluate(self.train_eval_batches) if self.train_eval_batches else None
         record = {
@@ -600,13 +658,22 @@ class _Run:
             train_txt = f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "  -   "
             msg = (f"step {self.step:>6}  tokens {self.tokens:>12,}  train {train_txt}  "
                    f"val {val_loss:.4f}  ppl {record['val_ppl']:.1f}")
-            (bar.write if bar is not None else self.log)(msg)
+            self._say(bar, msg)
             if sample is not None:
-                (bar.write if bar is not None else self.log)("  sample: " + sample.replace("\n", "\n          ")[:600])
+                self._say(bar, "  sample: " + sample.replace("\n", "\n          ")[:600])
         if save:
             self._save(val_loss)
+        self._eval_seconds = time.perf_counter() - began
         stop = bool(on_eval(record)) if on_eval is not None and self.info.is_main else False
         return broadcast_flag(stop, self.info, self.device)
+
+    def _say(self, bar, msg: str) -> None:
+        """Log ``msg`` through the run's logger (stdout, or stderr under --json) without tearing the bar."""
+        if bar is None:
+            self.log(msg)
+            return
+        with bar.external_write_mode(file=sys.stderr):
+            self.log(msg)
 
     def _mfu(self) -> float | None:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's matmul peak.
@@ -631,7 +698,8 @@ def pretrain(
     progress: bool = True,
     on_eval: Callable[[dict], bool | None] | None = None,
     log: Callable[[str], None] = print,
-    task: TrainTask | None = None,
+    task: TrainTask | Callable[[Path], TrainTask] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run (or resume) pretraining as ``cfg`` says; returns where the run is and how it ended.
 
@@ -639,7 +707,56 @@ def pretrain(
     stops the run after that evaluation (used by benchmarks that stop at a target loss).
     ``task`` makes it a fine-tuning run (:class:`gptlab.train.task.TrainTask`): the task's model and
     batches replace the corpus and the fresh model; ``cfg``'s data, tokenizer and model fields are unused.
+    ``task`` may also be a function of the run folder that builds the task once the folder is claimed
+    (a task that writes files there, such as its data splits). A new run refuses a non-empty ``cfg.out`` unless ``overwrite`` (then it replaces a previous run there).
     """
     cfg.validate()
-    run = _Run(cfg, Path(resume) if resume else None, resume is not None, progress, log, task)
+    if resume is not None:
+        if task is not None and not isinstance(task, TrainTask):
+            task = task(Path(resume))
+        run = _Run(cfg, Path(resume), True, progress, log, task)
+        return run.run(on_eval)
+    cfg.with_default_stop()
+    if task is None:
+        check_settings(cfg)  # seconds, not after minutes of data preparation
+    run_dir = Path(cfg.out) if cfg.out else _default_run_dir(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = OutDir(run_dir, overwrite=overwrite, kind="pretraining run", is_same_kind=is_run_dir,
+                     hint=f" (to continue that run: --resume {run_dir})")
+        claim = out.claim()
+    else:  # torchrun: rank 0 owns the folder; the others write only what rank 0 tells them to
+        claim = nullcontext(run_dir)
+    with claim:
+        # Setting up (data preparation, tokenizer training, the model) either completes or leaves no
+        # folder behind; from the first step on, the run folder is the user's and is kept whatever happens.
+        if task is not None and not isinstance(task, TrainTask):
+            task = task(run_dir)
+        run = _Run(cfg, run_dir, False, progress, log, task)
     return run.run(on_eval)
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Raise :class:`GptlabError` for a model preset, model override, tokenizer or block size that cannot work.
+
+    Everything here is known before the data is read, so a typo fails at once.
+    """
+    from gptlab.model import GPTConfig
+
+    model_cfg = GPTConfig.from_preset(cfg.preset, **cfg.model)
+    if cfg.block_size > model_cfg.context_length:
+        raise GptlabError(f"block_size {cfg.block_size} exceeds the model's context_length {model_cfg.context_length}")
+    spec = cfg.tokenizer
+    if spec.startswith("bpe:"):
+        _bpe_size(spec)
+    elif spec not in ("gpt2", "char") and not Path(spec).is_file():
+        raise GptlabError(f"tokenizer {spec!r}: expected gpt2, char, bpe:N or a tokenizer file")
+
+
+def _bpe_size(spec: str) -> int:
+    try:
+        vocab_size = int(spec.split(":", 1)[1])
+    except ValueError:
+        vocab_size = 0
+    if vocab_size < 257:
+        raise GptlabError(f"tokenizer {spec!r}: expected bpe:N with N > 256 the vocabulary size, e.g. bpe:4096")
+    return vocab_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,53 @@ def test_missing_responses_file_names_the_flag(capsys, tmp_path):
     assert code == 2
     assert err.strip().splitlines() == [f"gptlab: error: --responses '{tmp_path / 'nope.json'}': no such file "
                                         "(write it with gptlab instruct generate)"]
+
+
+def _one_line_error(capsys, *argv: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err.startswith("gptlab: error: ") and err.count("\n") == 1, err
+    return err[len("gptlab: error: "):].rstrip("\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+    (["--top-k", "0"], "--top-k must be a positive integer, got 0"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be positive, got -1"),
+])
+def test_generate_bad_sampling_flags_are_one_line(capsys, tmp_path, data_file, flags, message):
+    # Checked before the model loads: "no-such-model" would be an error of its own.
+    argv = ["instruct", "generate", "--model", "no-such-model", "--data", data_file, "--out", str(tmp_path / "a.json")]
+    assert _one_line_error(capsys, *argv, *flags) == message
+
+
+def test_generate_unwritable_or_foreign_out_is_one_line(capsys, tmp_path, data_file):
+    argv = ["instruct", "generate", "--model", "no-such-model", "--data", data_file, "--out"]
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("my notes")
+    assert _one_line_error(capsys, *argv, str(blocker / "a.json")) == (
+        f"--out {blocker / 'a.json'}: cannot create the folder {blocker}: {blocker} is a file")
+    if Path("/proc/self").is_dir():
+        assert _one_line_error(capsys, *argv, "/proc/x/y.json") == (
+            "--out /proc/x/y.json: cannot create the folder /proc/x (No such file or directory)")
+    for flags in ([], ["--overwrite"]):
+        assert "refusing to replace it, even with --overwrite" in _one_line_error(capsys, *argv, str(blocker), *flags)
+        assert "is the --data file" in _one_line_error(capsys, *argv, data_file, *flags)
+    assert blocker.read_text() == "my notes"
+
+
+def test_eval_unwritable_or_foreign_out_is_one_line(capsys, tmp_path):
+    responses = tmp_path / "r.json"
+    responses.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b", "model_response": "b"}]))
+    argv = ["instruct", "eval", "--responses", str(responses), "--no-progress", "--out"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert _one_line_error(capsys, *argv, str(notes / "s.json")) == (
+        f"--out {notes / 's.json'}: cannot create the folder {notes}: {notes} is a file")
+    assert "is not a scores file of gptlab instruct eval" in _one_line_error(capsys, *argv, str(notes))
+    assert "is the --responses file" in _one_line_error(capsys, *argv, str(responses))
+    assert notes.read_text() == "my notes"
+    # Scores it wrote itself are rewritten, as before.
+    scores = tmp_path / "s.json"
+    for _ in range(2):
+        assert run(capsys, *argv, str(scores))[0] == 0
+    assert json.loads(scores.read_text())["summary"]["n"] == 1

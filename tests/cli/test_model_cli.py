@@ -152,3 +152,37 @@ def test_generate_errors_are_one_line(capsys, tmp_path):
     assert code == 2 and "config.json" in err and err.count("\n") == 1
     code, _, err = run(capsys, "generate", "--model", "gpt-nano", "--prompt", "a", "--prompt", "b", "--stream")
     assert code == 2 and "--stream" in err
+
+
+def test_generate_seeded_sampling_does_not_depend_on_the_batch(capsys, tiny_gpt2_dir):
+    """`--prompt A --seed 1` samples the same text as A beside other prompts, wherever A stands."""
+    folder, _ = tiny_gpt2_dir
+    args = ["generate", "--model", str(folder), "--max-new-tokens", "12", "--temperature", "30", "--seed", "1",
+            "--ignore-eos", "--json"]
+
+    def tokens(*prompts: str) -> list[list[int]]:
+        argv = list(args)
+        for p in prompts:
+            argv += ["--prompt", p]
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        return [r["tokens"] for r in json.loads(out)["results"]]
+
+    alone = tokens("Once upon")[0]
+    assert tokens("Once upon", "A much longer neighbour prompt")[0] == alone
+    assert tokens("Hi", "A much longer neighbour prompt", "Once upon")[2] == alone
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "-1", "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+    ("--temperature", "nan", "--temperature must be a finite number >= 0 (0 = greedy), got nan"),
+    ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
+    ("--top-p", "1.5", "--top-p must be in (0, 1], got 1.5"),
+    ("--top-k", "0", "--top-k must be a positive integer, got 0"),
+    ("--max-new-tokens", "-3", "--max-new-tokens must be >= 0, got -3"),
+])
+def test_generate_bad_sampling_flags_are_one_line(capsys, flag, value, message):
+    # The model is never loaded: "no-such-model" would be an error of its own.
+    code, out, err = run(capsys, "generate", "--model", "no-such-model", "--prompt", "x", flag, value)
+    assert code == 2 and out == ""
+    assert err == f"gptlab: error: {message}\n"

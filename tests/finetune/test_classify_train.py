@@ -201,3 +201,78 @@ def test_lora_ensemble_folder(base, tmp_path):
 def test_ensemble_must_be_positive(base):
     with pytest.raises(GptlabError, match="--ensemble must be at least 1"):
         fast_cfg(base, ensemble=0).validate()
+
+
+def test_out_dir_is_never_replaced_by_surprise(base, tmp_path):
+    splits = balanced_split(toy_data(30), seed=6, balance=False)
+    quiet = dict(progress=False, log=lambda m: None)
+    out = tmp_path / "clf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(GptlabError, match=r"folder exists and is not empty"):
+        train_classifier(fast_cfg(base, epochs=1), splits, out, **quiet)
+    with pytest.raises(GptlabError, match=r"not a classifier folder"):
+        train_classifier(fast_cfg(base, epochs=1), splits, out, overwrite=True, **quiet)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    clf = tmp_path / "clf2"
+    train_classifier(fast_cfg(base, epochs=1), splits, clf, **quiet)
+    train_classifier(fast_cfg(base, epochs=1, seed=5), splits, clf, overwrite=True, **quiet)
+    assert json.loads((clf / "classifier.json").read_text())["train_config"]["seed"] == 5
+
+
+def test_interrupted_runs_keep_finished_members_only(base, tmp_path, monkeypatch):
+    from gptlab.finetune.classify import train as train_mod
+
+    splits = balanced_split(toy_data(30), seed=7, balance=False)
+    quiet = dict(progress=False, log=lambda m: None)
+    real_fit = train_mod._fit
+
+    def fit_until(stop_member: int):
+        def fit(model, cfg, seed, data, bf16, member, *args):
+            if member == stop_member:
+                raise KeyboardInterrupt
+            return real_fit(model, cfg, seed, data, bf16, member, *args)
+        return fit
+
+    # Interrupted before any weights were saved: no folder is left behind.
+    monkeypatch.setattr(train_mod, "_fit", fit_until(0))
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(fast_cfg(base, epochs=1, ensemble=2), splits, tmp_path / "a" / "clf", **quiet)
+    assert not (tmp_path / "a" / "clf").exists()
+    # Interrupted during member 2: member 1 stays, and the folder loads as a classifier of one.
+    monkeypatch.setattr(train_mod, "_fit", fit_until(1))
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(fast_cfg(base, epochs=1, ensemble=2), splits, tmp_path / "b", **quiet)
+    model, *_ = load_classifier(tmp_path / "b")
+    assert not hasattr(model, "members")
+
+
+def test_training_split_with_a_single_class(base):
+    from gptlab.finetune.classify.data import Splits
+
+    train = LabeledTexts(["a pizza", "some bread"], ["food", "food"], "mine.csv")
+    test = LabeledTexts(["a goal"], ["sport"], "mine.csv")
+    with pytest.raises(GptlabError, match=r"mine.csv: the training split got a single class \('food'\) "
+                                          r"\(2 train / 1 val / 1 test examples\)"):
+        train_classifier(fast_cfg(base), Splits(train, test, test), None, progress=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lora_rank", 0, "--lora-rank must be at least 1"),
+    ("lora_alpha", -1.0, "--lora-alpha must be a positive number"),
+    ("lr", float("nan"), "--lr must be a positive number"),
+    ("lm_lr", float("inf"), "--lm-lr must be a positive number"),
+    ("warmup_frac", -0.1, "--warmup must be"),
+    ("drop_rate", 1.0, "--dropout must be at least 0 and below 1"),
+    ("threads", 0, "--threads must be at least 1"),
+    ("grad_clip", -1.0, "grad_clip must be 0 or more"),
+])
+def test_config_refuses_nonsense(base, field, value, message):
+    with pytest.raises(GptlabError, match=message):
+        fast_cfg(base, **{field: value}).validate()
+
+
+def test_a_classifier_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "classifier.json").write_text("[]")
+    with pytest.raises(GptlabError, match="not a classifier folder"):
+        load_classifier(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +112,97 @@ def test_prompt_and_answer_longer_than_the_context(model_dir):
     answers = generate_answers(model, tok, PromptStyle("none", "{instruction}", "{instruction}", ()), [prompt, "Hi"],
                                max_new_tokens=40)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(model_dir):
+    """Each prompt samples from its own generator seeded with `seed`: alone or at any batch position, same answer."""
+    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    prompts = [ALPACA.format(e["instruction"], e["input"]) for e in ENTRIES]
+    options = dict(max_new_tokens=10, temperature=1.0, top_k=50, seed=7)
+    alone = generate_answers(model, tok, ALPACA, [prompts[0]], **options)[0]
+    assert alone != generate_answers(model, tok, ALPACA, [prompts[0]], **{**options, "seed": 8})[0]
+    assert generate_answers(model, tok, ALPACA, prompts[:3], **options)[0] == alone
+    assert generate_answers(model, tok, ALPACA, [prompts[4], prompts[2], prompts[0]], **options)[2] == alone
+
+
+def test_sampled_answers_do_not_depend_on_batch_size_or_resuming(tmp_path, model_dir):
+    options = dict(max_new_tokens=8, temperature=1.0, seed=5, progress=False, log=lambda m: None)
+    one = tmp_path / "one.json"
+    generate_responses(str(model_dir), ENTRIES, one, batch_size=1, **options)
+    three = tmp_path / "three.json"
+    generate_responses(str(model_dir), ENTRIES, three, batch_size=3, **options)
+    assert json.loads(three.read_text()) == json.loads(one.read_text())
+    # Interrupted after some answers: the rest, generated in other batches, come out the same.
+    partial = json.loads(one.read_text())
+    for i in (0, 3):
+        del partial[i]["model_response"]
+    resumed = tmp_path / "resumed.json"
+    resumed.write_text(json.dumps(partial))
+    generate_responses(str(model_dir), ENTRIES, resumed, batch_size=2, **options)
+    assert json.loads(resumed.read_text()) == json.loads(one.read_text())
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"temperature": -1.0}, "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+    ({"temperature": float("nan")}, "--temperature must be a finite number >= 0"),
+    ({"top_k": 0}, "--top-k must be a positive integer, got 0"),
+    ({"max_new_tokens": -1}, "--max-new-tokens must be positive, got -1"),
+])
+def test_bad_sampling_settings_name_the_flag(tmp_path, settings, message):
+    # Checked before the model is loaded: "no-such-model" would fail with a message of its own.
+    with pytest.raises(GptlabError) as info:
+        generate_responses("no-such-model", ENTRIES, tmp_path / "x.json", progress=False, **settings)
+    assert str(info.value).startswith(message)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_unwritable_out_is_one_line_before_the_model_loads(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    cases = [
+        (blocker / "r.json", f"--out {blocker / 'r.json'}: cannot create the folder {blocker}: {blocker} is a file"),
+        (tmp_path, f"--out {tmp_path}: is a folder; expected the path of a JSON file"),
+    ]
+    if Path("/proc/self").is_dir():  # Linux: nothing can be created under /proc
+        cases.append((Path("/proc/no-such/r.json"),
+                      "--out /proc/no-such/r.json: cannot create the folder /proc/no-such (No such file or directory)"))
+    for out, message in cases:
+        with pytest.raises(GptlabError) as info:
+            generate_responses("no-such-model", ENTRIES, out, progress=False, log=lambda m: None)
+        assert str(info.value) == message
+
+
+def test_write_failure_mid_run_names_out(tmp_path, model_dir, monkeypatch):
+    import gptlab.finetune.instruct.generate as gen
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gen, "atomic_write_text", full_disk)
+    out = tmp_path / "r.json"
+    with pytest.raises(GptlabError, match=r"^--out .*r\.json: cannot write it \(No space left on device\)$"):
+        generate_responses(str(model_dir), ENTRIES[:1], out, max_new_tokens=2, progress=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("content", [
+    ENTRIES,  # a data file: entries without answers
+    {"summary": {}, "entries": []},  # the scores of instruct eval
+    {"format": "gptlab-run"},  # a run's config.json
+])
+def test_files_of_other_commands_are_never_replaced(tmp_path, content):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(content))
+    for overwrite in (False, True):
+        with pytest.raises(GptlabError, match="not an answers file of gptlab instruct generate.*even with --overwrite"):
+            generate_responses("no-such-model", ENTRIES, other, overwrite=overwrite, progress=False)
+    assert json.loads(other.read_text()) == content
+
+
+def test_the_data_file_is_never_the_output(tmp_path):
+    data = tmp_path / "data.json"
+    answered = [dict(e, model_response="old") for e in ENTRIES]  # even one that looks like an answers file
+    data.write_text(json.dumps(answered))
+    for overwrite in (False, True):
+        with pytest.raises(GptlabError, match="is the --data file"):
+            generate_responses("no-such-model", ENTRIES, data, overwrite=overwrite, progress=False, data_path=data)
+    assert json.loads(data.read_text()) == answered

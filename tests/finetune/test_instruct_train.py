@@ -126,10 +126,14 @@ def test_bad_settings(tmp_path, base_model, data_file):
     with pytest.raises(GptlabError, match="fewer than one batch"):
         finetune(InstructConfig(data=data_file, model=base_model), _cfg(tmp_path, "b", batch_size=64),
                  progress=False, log=quiet)
+    # A run that fails while setting up leaves no folder behind.
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     finetune(InstructConfig(data=data_file, model=base_model), _cfg(tmp_path, "c", max_steps=1), progress=False,
              log=quiet)
-    with pytest.raises(GptlabError, match="already holds a run"):
+    before = (tmp_path / "c" / "config.json").read_bytes()
+    with pytest.raises(GptlabError, match="folder exists and is not empty .*--resume .*--overwrite"):
         finetune(InstructConfig(data=data_file, model=base_model), _cfg(tmp_path, "c"), progress=False, log=quiet)
+    assert (tmp_path / "c" / "config.json").read_bytes() == before
     # A run folder without the task section (a pretraining run) is refused by the instruct resume.
     run = tmp_path / "c"
     cfg = json.loads((run / "config.json").read_text())

@@ -148,6 +148,15 @@ def test_bad_arguments(model):
         model.generate([[1, 2], []], 3)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, -1e-9, float("nan"), float("inf")])
+def test_bad_temperature_is_refused_not_greedy(model, temperature):
+    """A negative temperature used to fall through to greedy decoding without a word."""
+    with pytest.raises(GptlabError, match="^temperature must be a finite number >= 0"):
+        model.generate([1, 2], 3, temperature=temperature)
+    with pytest.raises(GptlabError, match="^temperature"):
+        sample_next(torch.zeros(1, 5), temperature=temperature)
+
+
 def test_zero_new_tokens_returns_the_prompt(model):
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(model.generate(prompt, 0), prompt)
@@ -205,3 +214,27 @@ def test_compiled_decode_sees_weight_updates(model):
     with torch.no_grad():
         m.out_head.weight.mul_(-1)  # flips which tokens are likely
     assert m.generate(prompts, 8, compile=True) == m.generate(prompts, 8)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("filters", [{}, {"top_k": 20}, {"top_p": 0.9}, {"top_k": 30, "top_p": 0.95}])
+def test_seeded_sampling_does_not_depend_on_batch_neighbours(model, use_cache, filters):
+    """Each sequence has its own generator: a prompt samples the same text alone as at any batch position."""
+    target, short, long_ = _prompts()[2], _prompts()[0], _prompts()[1]  # 6, 3 and 9 tokens: padding both ways
+    options = dict(temperature=3.0, seed=11, use_cache=use_cache, **filters)
+    alone = model.generate(target, 16, **options)
+    assert alone != model.generate(target, 16, **{**options, "seed": 12})  # really sampled, not near-greedy
+    assert model.generate([target, short, long_], 16, **options)[0] == alone
+    assert model.generate([long_, short, target], 16, **options)[2] == alone
+    # A different batch around it, and the same prompt twice: each copy draws its own numbers.
+    assert model.generate([short, target, target, long_[:4]], 16, **options)[1:3] == [alone, alone]
+
+
+def test_seeded_sampling_is_unchanged_by_a_neighbour_that_finished(model):
+    """A neighbour that stops at EOS stops drawing; the other rows' draws do not move."""
+    target, other = _prompts()[1], _prompts()[0]
+    options = dict(temperature=3.0, seed=3)
+    eos = model.generate(other, 1, **options)[0]  # the neighbour's first token: it finishes at once
+    alone = model.generate(target, 12, eos_id=eos, **options)
+    batched = model.generate([other, target], 12, eos_id=eos, **options)
+    assert batched == [[], alone]

@@ -122,17 +122,28 @@ def test_unknown_id_in_decode(gpt2):
 
 
 # ----------------------------------------------------------------------------- pathological input
-@pytest.mark.parametrize(
-    "text,limit",
-    [("a" * 100_000, 1.0), ("^" * 1_000_000, 10.0), (" " * 100_000 + "x", 1.0), ("ab1" * 30_000, 2.0)],
-)
-def test_long_pieces_are_near_linear(gpt2, tiktoken_gpt2, text, limit):
+@pytest.mark.parametrize("text", ["a" * 100_000, "^" * 1_000_000, " " * 100_000 + "x", "ab1" * 30_000])
+def test_long_pieces_are_near_linear(gpt2, tiktoken_gpt2, text):
+    """Encoding 4x the text takes about 4x the time, not 16x (a quadratic merge loop).
+
+    Compared within the run (a quarter of the text as the reference), so a busy or slow machine does
+    not fail it; the best of two timings each smooths out a scheduler hiccup.
+    """
+
+    def best_time(piece: str) -> float:
+        times = []
+        for _ in range(2):
+            gpt2._cache.clear()
+            start = time.perf_counter()
+            gpt2.encode_ordinary(piece)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    quarter = best_time(text[: len(text) // 4])
+    full = best_time(text)
+    assert full < 8 * quarter + 0.05, f"4x the text took {full / quarter:.1f}x the time ({quarter:.3f}s -> {full:.3f}s)"
     gpt2._cache.clear()
-    start = time.perf_counter()
-    ids = gpt2.encode_ordinary(text)
-    elapsed = time.perf_counter() - start
-    assert elapsed < limit, f"{len(text)} characters took {elapsed:.2f}s"
-    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
 def test_long_piece_algorithm_agrees_with_short_one(gpt2):

@@ -1,12 +1,21 @@
 """Fine-tuning a GPT for text classification (the book's chapter 6): data, model, training, metrics."""
 
-from gptlab.finetune.classify.data import LabeledTexts, LabelMap, Splits, balanced_split, load_labeled, read_sms_spam
+from gptlab.finetune.classify.data import (
+    DataSpec,
+    LabeledTexts,
+    LabelMap,
+    Splits,
+    balanced_split,
+    load_labeled,
+    read_sms_spam,
+)
 from gptlab.finetune.classify.metrics import classification_metrics
 from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier, pad_batch, set_trainable
 from gptlab.finetune.classify.train import ClassifyConfig, load_classifier, train_classifier
 
 __all__ = [
     "ClassifyConfig",
+    "DataSpec",
     "EnsembleClassifier",
     "GPTClassifier",
     "LabelMap",

@@ -3,8 +3,9 @@
 A classifier folder holds
 
 * ``classifier.json`` – what the model is: base model, number of classes, trainable scope, LoRA settings,
-  max length, padding id, training settings, the best epoch's metrics, and ``ensemble``, the number of
-  members whose weights are complete;
+  max length, padding id, training settings, the best epoch's metrics, ``ensemble``, the number of
+  members whose weights are complete, and ``data``, the training data and its split
+  (:meth:`~gptlab.finetune.classify.data.DataSpec.record`, which ``classify eval`` rebuilds);
 * ``labels.json`` – the label map (class id -> name);
 * ``tokenizer.json`` – the tokenizer;
 * the first member's weights: ``model.safetensors`` (full weights), or ``adapter/`` plus
@@ -29,6 +30,7 @@ from gptlab.errors import GptlabError
 from gptlab.finetune.classify.data import LabelMap
 from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier
 from gptlab.io import atomic_write_bytes, atomic_write_text
+from gptlab.outdir import OutDir
 
 CLASSIFIER_FORMAT = "gptlab-classifier"
 ENSEMBLE_DIR = "ensemble"
@@ -80,9 +82,24 @@ def is_classifier_dir(path: str | os.PathLike) -> bool:
     """True if ``path`` holds a classifier written by :func:`save_classifier`."""
     p = Path(path) / "classifier.json"
     try:
-        return p.is_file() and json.loads(p.read_text(encoding="utf-8")).get("format") == CLASSIFIER_FORMAT
+        meta = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
     except (ValueError, OSError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == CLASSIFIER_FORMAT
+
+
+def classifier_out_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> OutDir:
+    """The checked output folder of a training run: an existing non-empty folder only with ``overwrite``,
+    and then only if it holds a classifier. Raises :class:`GptlabError` now, before any work."""
+    return OutDir(path, flag=flag, overwrite=overwrite, kind="classifier folder", is_same_kind=is_classifier_dir)
+
+
+def classifier_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``classifier.json`` of a classifier folder, without loading any weights (cheap checks first)."""
+    directory = Path(directory)
+    if not is_classifier_dir(directory):
+        raise GptlabError(f"{directory}: not a classifier folder (no classifier.json from gptlab classify train)")
+    return json.loads((directory / "classifier.json").read_text(encoding="utf-8"))
 
 
 def load_classifier(directory: str | os.PathLike, base: str | None = None):
@@ -95,9 +112,7 @@ def load_classifier(directory: str | os.PathLike, base: str | None = None):
     from gptlab.tokenizer import load_tokenizer
 
     directory = Path(directory)
-    if not is_classifier_dir(directory):
-        raise GptlabError(f"{directory}: not a classifier folder (no classifier.json from gptlab classify train)")
-    meta = json.loads((directory / "classifier.json").read_text(encoding="utf-8"))
+    meta = classifier_meta(directory)
     try:
         labels = LabelMap.from_dict(json.loads((directory / "labels.json").read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
@@ -142,4 +157,12 @@ def _load_member(directory: Path, meta: dict[str, Any], n_classes: int, base: st
     return model
 
 
-__all__ = ["CLASSIFIER_FORMAT", "is_classifier_dir", "load_classifier", "member_dir", "save_classifier"]
+__all__ = [
+    "CLASSIFIER_FORMAT",
+    "classifier_meta",
+    "classifier_out_dir",
+    "is_classifier_dir",
+    "load_classifier",
+    "member_dir",
+    "save_classifier",
+]

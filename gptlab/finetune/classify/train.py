@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
-from gptlab.finetune.classify.data import LabeledTexts, LabelMap, Splits
+from gptlab.finetune.classify.data import LabeledTexts, LabelMap, Splits, check_splits
 from gptlab.finetune.classify.metrics import classification_metrics
 from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier, pad_batch, set_trainable
-from gptlab.finetune.classify.store import load_classifier, save_classifier
+from gptlab.finetune.classify.store import classifier_out_dir, load_classifier, save_classifier
 from gptlab.io import atomic_write_text
+from gptlab.outdir import OutDir
 
 __all__ = ["ClassifyConfig", "classify_texts", "labeled_texts_metrics", "load_classifier", "train_classifier"]
 
@@ -67,14 +68,29 @@ class ClassifyConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise GptlabError on a setting that cannot work."""
+        """Raise GptlabError, naming the flag, on a setting that cannot work."""
         if self.trainable not in ("head", "last", "all", "lora"):
             raise GptlabError(f"--trainable {self.trainable!r}: expected head, last, all or lora")
         for name in ("epochs", "batch_size", "lora_rank", "last_blocks", "ensemble"):
             if getattr(self, name) < 1:
-                raise GptlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise GptlabError(f"--lr must be positive, got {self.lr}")
+                raise GptlabError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise GptlabError(f"--threads must be at least 1, got {self.threads}")
+        # Written as "not (ok)" so that nan, which every comparison rejects, fails too.
+        for name in ("lr", "lm_lr", "lora_alpha"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise GptlabError(f"{_flag(name)} must be a positive number, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise GptlabError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.warmup_frac <= 1:
+            raise GptlabError(f"--warmup must be a share of the steps between 0 and 1, got {self.warmup_frac}")
+        for name in ("lora_dropout", "drop_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise GptlabError(f"{_flag(name)} must be at least 0 and below 1, got {value}")
+        if self.eval_train_examples < 0:
+            raise GptlabError(f"eval_train_examples must be 0 (all) or more, got {self.eval_train_examples}")
         if self.schedule not in ("constant", "cosine"):
             raise GptlabError(f"--schedule {self.schedule!r}: expected constant or cosine")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -85,6 +101,14 @@ class ClassifyConfig:
             raise GptlabError("--lm-epochs changes the base model, so it cannot be combined with LoRA adapters")
         if self.max_length is not None and self.max_length < 2:
             raise GptlabError(f"--max-length must be at least 2, got {self.max_length}")
+
+
+# Fields whose ``classify train`` flag is not the field's name with dashes (grad_clip has no flag).
+_FLAG_NAMES = {"warmup_frac": "--warmup", "drop_rate": "--dropout", "grad_clip": "grad_clip"}
+
+
+def _flag(field_name: str) -> str:
+    return _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -283,10 +307,11 @@ class _Encoded:
 def train_classifier(
     cfg: ClassifyConfig,
     splits: Splits,
-    out_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike | OutDir | None,
     split_info: dict[str, Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``splits.train``, keep the best epoch by validation accuracy, and report.
 
@@ -298,12 +323,20 @@ def train_classifier(
     ``val``, ``test`` and, for a balanced split, ``left_out``), ``history`` (one record per member and
     epoch), ``trainable_parameters``, ``seconds`` and ``model``. With ``out_dir`` None nothing is written
     (benchmarks).
+
+    ``out_dir`` must be a new or empty folder; a non-empty one is replaced only with ``overwrite`` and
+    only if it holds a classifier (checked before any work; a caller that checks earlier passes the
+    :class:`OutDir` from :func:`~gptlab.finetune.classify.store.classifier_out_dir`, whose own setting
+    then counts). ``split_info`` is recorded as ``data`` in ``classifier.json``
+    (:meth:`~gptlab.finetune.classify.data.DataSpec.record`), which lets ``classify eval`` rebuild the split.
     """
     import copy
 
     from gptlab.train.metrics import MetricsLog
 
     cfg.validate()
+    out = out_dir if out_dir is None or isinstance(out_dir, OutDir) else classifier_out_dir(out_dir, overwrite)
+    check_splits(splits)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     labels = LabelMap.from_labels(splits.train)
@@ -316,10 +349,6 @@ def train_classifier(
     x_train, x_val, x_test = enc(splits.train), enc(splits.val), enc(splits.test)
     data = _Encoded(x_train, y_train, x_val, y_val, pad_id, labels)
     bf16 = use_bf16(cfg.precision)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
     meta: dict[str, Any] = {
         "base": _base_name(cfg.model),
         "model_config": base_gpt.cfg.to_dict(),
@@ -336,53 +365,62 @@ def train_classifier(
     member_info: list[dict[str, Any]] = []
     n_trainable = 0
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        history.append(record)
-        if out is not None:
-            MetricsLog(out / "metrics.jsonl").append(record)
-            _plots(history, out, cfg.ensemble)
+    # The folder is written in place, not staged: an interrupted ensemble keeps the members it finished.
+    # It is committed when the first best epoch is saved, the first moment it holds a classifier that
+    # loads: a run failing before that leaves nothing behind (a folder it replaced comes back), one
+    # failing later keeps its best epoch so far.
+    claim = out.claim() if out is not None else contextlib.nullcontext(None)
+    with claim as folder:
+        def on_epoch(record: dict[str, Any]) -> None:
+            history.append(record)
+            if folder is not None:
+                MetricsLog(folder / "metrics.jsonl").append(record)
+                _plots(history, folder, cfg.ensemble)
 
-    for k in range(cfg.ensemble):
-        seed = cfg.seed + k
-        # Every member starts from the same adapted base; the last one may take it over.
-        gpt = base_gpt if k == cfg.ensemble - 1 else copy.deepcopy(base_gpt)
-        model, n_trainable = make_classifier(gpt, cfg, len(labels), seed)
-        meta["trainable_parameters"] = n_trainable
-        member = f" (ensemble member {k + 1} of {cfg.ensemble}, seed {seed})" if cfg.ensemble > 1 else ""
-        log(
-            f"fine-tuning {cfg.model} ({cfg.trainable}, {n_trainable:,} trainable parameters) on {len(x_train)} "
-            f"examples, {len(labels)} classes, {cfg.epochs} epochs{member}"
-        )
+        for k in range(cfg.ensemble):
+            seed = cfg.seed + k
+            # Every member starts from the same adapted base; the last one may take it over.
+            gpt = base_gpt if k == cfg.ensemble - 1 else copy.deepcopy(base_gpt)
+            model, n_trainable = make_classifier(gpt, cfg, len(labels), seed)
+            meta["trainable_parameters"] = n_trainable
+            member = f" (ensemble member {k + 1} of {cfg.ensemble}, seed {seed})" if cfg.ensemble > 1 else ""
+            log(
+                f"fine-tuning {cfg.model} ({cfg.trainable}, {n_trainable:,} trainable parameters) on {len(x_train)} "
+                f"examples, {len(labels)} classes, {cfg.epochs} epochs{member}"
+            )
 
-        def save(model: GPTClassifier, record: dict[str, Any], k: int = k) -> None:
-            bests = [m["best"] for m in member_info] + [record]
-            save_classifier(model, out, {**meta, "best": bests[0], "ensemble": k + 1, "members": bests}, labels,
-                            tokenizer, member=k)
+            def save(model: GPTClassifier, record: dict[str, Any], k: int = k) -> None:
+                bests = [m["best"] for m in member_info] + [record]
+                save_classifier(model, folder, {**meta, "best": bests[0], "ensemble": k + 1, "members": bests},
+                                labels, tokenizer, member=k)
+                assert out is not None
+                out.commit()  # the folder now holds a classifier that loads: from here on, failures keep it
 
-        best = _fit(model, cfg, seed, data, bf16, k, t0, save if out is not None else None, on_epoch, progress, log)
-        members.append(model.eval())
-        test_acc = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)["accuracy"]
-        member_info.append({"seed": seed, "best_epoch": best["epoch"], "best": best, "val_accuracy": best["val_accuracy"],
-                            "test_accuracy": test_acc})
-    final: GPTClassifier | EnsembleClassifier = members[0] if len(members) == 1 else EnsembleClassifier(members)
-    result: dict[str, Any] = {
-        "best_epoch": member_info[0]["best_epoch"],
-        "members": [{k: v for k, v in m.items() if k != "best"} for m in member_info],
-        "trainable_parameters": n_trainable,
-        "train_seconds": round(time.perf_counter() - t0, 2),
-        "lm_losses": lm_losses,
-        "history": history,
-        "labels": labels.names,
-    }
-    result["train"] = evaluate(final, x_train, y_train, labels.names, pad_id, bf16=bf16)
-    result["val"] = evaluate(final, x_val, y_val, labels.names, pad_id, bf16=bf16)
-    result["test"] = evaluate(final, x_test, y_test, labels.names, pad_id, bf16=bf16)
-    if splits.left_out is not None and len(splits.left_out):
-        y_left = labels.encode(splits.left_out)
-        result["left_out"] = evaluate(final, enc(splits.left_out), y_left, labels.names, pad_id, bf16=bf16)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    if out is not None:
-        atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+            best = _fit(model, cfg, seed, data, bf16, k, t0, save if folder is not None else None, on_epoch,
+                        progress, log)
+            members.append(model.eval())
+            test_acc = evaluate(model, x_test, y_test, labels.names, pad_id, bf16=bf16)["accuracy"]
+            member_info.append({"seed": seed, "best_epoch": best["epoch"], "best": best,
+                                "val_accuracy": best["val_accuracy"], "test_accuracy": test_acc})
+        final: GPTClassifier | EnsembleClassifier = members[0] if len(members) == 1 else EnsembleClassifier(members)
+        result: dict[str, Any] = {
+            "best_epoch": member_info[0]["best_epoch"],
+            "members": [{k: v for k, v in m.items() if k != "best"} for m in member_info],
+            "trainable_parameters": n_trainable,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+            "lm_losses": lm_losses,
+            "history": history,
+            "labels": labels.names,
+        }
+        result["train"] = evaluate(final, x_train, y_train, labels.names, pad_id, bf16=bf16)
+        result["val"] = evaluate(final, x_val, y_val, labels.names, pad_id, bf16=bf16)
+        result["test"] = evaluate(final, x_test, y_test, labels.names, pad_id, bf16=bf16)
+        if splits.left_out is not None and len(splits.left_out):
+            y_left = labels.encode(splits.left_out)
+            result["left_out"] = evaluate(final, enc(splits.left_out), y_left, labels.names, pad_id, bf16=bf16)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        if folder is not None:
+            atomic_write_text(folder / "results.json", json.dumps(result, indent=2) + "\n")
     result["model"] = final
     return result
 

@@ -3,7 +3,13 @@
 Results go to a JSON list: every input entry with a ``model_response`` field beside its reference
 ``output``. The file is rewritten atomically after every batch, so an interrupted run (Ctrl-C, a
 crash, ``kill -9``) loses at most one batch, and running the same command again continues where it
-stopped: entries that already have a ``model_response`` are kept.
+stopped: entries that already have a ``model_response`` are kept. Seeded sampling is per prompt (see
+:func:`gptlab.model.generate.stream_generate`), so an answer does not depend on the batch it was
+generated in, and a resumed run writes what an uninterrupted one would have.
+
+An existing output file is only continued or (``--overwrite``) replaced when it is one this command
+wrote: a JSON list of entries with answers. Anything else (the data file, a run's own files, the
+scores of ``instruct eval``, a file that is not JSON) is refused, even with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +56,8 @@ def generate_answers(
 
     Generation stops early once every answer has ended (end-of-text or a stop marker in its text).
     A prompt and answer longer than the context slide through it, as the book's ``generate`` does
-    (the model sees the last ``context_length`` tokens).
+    (the model sees the last ``context_length`` tokens). With ``temperature`` > 0 and a ``seed``, each
+    prompt samples from its own generator seeded with ``seed``: its answer is the same in any batch.
     """
     from gptlab.model.generate import stream_generate
 
@@ -75,14 +83,78 @@ def generate_answers(
     return [style.cut(tokenizer.decode(tokens)) for tokens in new]
 
 
-def _load_previous(out: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Entries with the answers an earlier (interrupted) run wrote to ``out``; refuses a different data set."""
+def _is_answers_file(data: Any) -> bool:
+    """Whether parsed JSON is what this command writes: a list of entries, at least one with an answer.
+
+    A file is written only after a batch is answered, so ours always holds an answer (or no entries at
+    all); a data file of the same shape holds none.
+    """
+    return isinstance(data, list) and all(isinstance(e, dict) for e in data) and (
+        not data or any(isinstance(e.get(RESPONSE_FIELD), str) for e in data))
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_output_file(out: Path, flag: str = "--out", source: Path | None = None, source_flag: str = "--data") -> None:
+    """Fail now, in one line naming ``flag``, where writing the JSON file ``out`` would fail later.
+
+    ``out`` must not be a folder nor the input file ``source`` (named by ``source_flag``), and its
+    folder must exist or be creatable, and writable. Nothing is left behind by the check.
+    """
+    if source is not None and out.exists() and source.exists() and out.samefile(source):
+        raise GptlabError(f"{flag} {out}: is the {source_flag} file; write to another file")
+    if out.is_dir():
+        raise GptlabError(f"{flag} {out}: is a folder; expected the path of a JSON file")
+    folder = out.parent
+    anchor = folder.absolute()
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise GptlabError(f"{flag} {out}: cannot create the folder {folder}: {anchor} is a file")
+    # A real probe, not os.access: as root, access() says yes where mkdir fails (/proc), and it
+    # knows nothing of read-only mounts.
+    try:
+        with tempfile.TemporaryFile(dir=anchor):
+            pass
+    except OSError as exc:
+        where = f"cannot write in {folder}" if anchor == folder.absolute() else f"cannot create the folder {folder}"
+        raise GptlabError(f"{flag} {out}: {where} ({_os_reason(exc)})") from None
+
+
+def _check_out(out: Path, overwrite: bool, data_path: Path | None) -> list[Any] | None:
+    """Fail now, in one line, where writing ``out`` would fail or replace a file that is not ours.
+
+    Returns the parsed answers already in ``out`` to continue from (None when there are none, or
+    with ``overwrite``). Nothing is written.
+    """
+    check_output_file(out, "--out", data_path, "--data")
+    if not out.exists():
+        return None
+    refuse = "refusing to replace it, even with --overwrite; delete it yourself or choose another --out"
     try:
         previous = json.loads(out.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise GptlabError(f"{out}: exists but is not readable JSON ({exc}); delete it or pass --overwrite") from None
-    same = isinstance(previous, list) and len(previous) == len(entries) and all(
-        isinstance(p, dict) and p.get("instruction") == e.get("instruction") and p.get("input", "") == e.get("input", "")
+        raise GptlabError(f"--out {out}: exists but is not readable JSON ({exc}); {refuse}") from None
+    if not _is_answers_file(previous):
+        raise GptlabError(f"--out {out}: exists and is not an answers file of gptlab instruct generate "
+                          f"(a JSON list of entries with {RESPONSE_FIELD!r}); {refuse}")
+    return None if overwrite else previous
+
+
+def _write(out: Path, results: list[dict[str, Any]]) -> None:
+    """Replace ``out`` atomically with ``results``; a failure (disk full, ...) is one line naming --out."""
+    try:
+        atomic_write_text(out, json.dumps(results, indent=2, ensure_ascii=False))
+    except OSError as exc:
+        raise GptlabError(f"--out {out}: cannot write it ({_os_reason(exc)})") from None
+
+
+def _merge_previous(out: Path, previous: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries with the answers an earlier (interrupted) run wrote to ``out``; refuses a different data set."""
+    same = len(previous) == len(entries) and all(
+        p.get("instruction") == e.get("instruction") and p.get("input", "") == e.get("input", "")
         for p, e in zip(previous, entries)
     )
     if not same:
@@ -113,8 +185,14 @@ def generate_responses(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     log: Callable[[str], None] = print,
+    data_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Answer every entry's instruction with the model and write ``out`` (resumable); returns a summary."""
+    """Answer every entry's instruction with the model and write ``out`` (resumable); returns a summary.
+
+    ``data_path`` is the file the entries came from: never written, even when ``out`` names it.
+    Settings, ``out`` and the place it goes to are checked before the model is loaded.
+    """
+    from gptlab.model.generate import check_sampling
     from gptlab.model.load import load_model, tokenizer_for
     from gptlab.train.trainer import pick_device
 
@@ -122,19 +200,21 @@ def generate_responses(
         raise GptlabError(f"--batch-size must be positive, got {batch_size}")
     if max_new_tokens <= 0:
         raise GptlabError(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    out = Path(out)
+    check_sampling(temperature, top_k, None, max_new_tokens, flags=True)
+    out = Path(out).expanduser()
+    previous = _check_out(out, overwrite, Path(data_path).expanduser() if data_path is not None else None)
     results = [dict(e) for e in entries]
     for r in results:
         r.pop(RESPONSE_FIELD, None)  # a stale answer in the input is not this model's
-    if out.exists() and not overwrite:
-        results = _load_previous(out, entries)
+    if previous is not None:
+        results = _merge_previous(out, previous, entries)
     pending = [i for i, r in enumerate(results) if RESPONSE_FIELD not in r]
     resumed = len(results) - len(pending)
     if resumed:
         log(f"continuing {out}: {resumed} of {len(results)} answers already there")
     summary = {"out": str(out), "total": len(results), "resumed": resumed, "generated": 0}
     if not pending:
-        atomic_write_text(out, json.dumps(results, indent=2, ensure_ascii=False))
+        _write(out, results)
         return summary
 
     model = load_model(model_spec, dtype=dtype)
@@ -159,7 +239,7 @@ def generate_responses(
             for i, answer in zip(batch, answers):
                 results[i][RESPONSE_FIELD] = answer
             summary["generated"] += len(batch)
-            atomic_write_text(out, json.dumps(results, indent=2, ensure_ascii=False))
+            _write(out, results)
             if bar is not None:
                 bar.update(len(batch))
     finally:

@@ -208,20 +208,27 @@ def finetune(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_eval: Callable[[dict], bool | None] | None = None,
+    overwrite: bool = False,
 ):
-    """Start an instruction fine-tuning run; returns the trainer's :class:`RunResult`."""
+    """Start an instruction fine-tuning run; returns the trainer's :class:`RunResult`.
+
+    A non-empty ``tcfg.out`` is refused unless ``overwrite`` (then a previous run there is replaced).
+    """
     from gptlab.train.trainer import pretrain
 
     run_dir = Path(tcfg.out) if tcfg.out else Path("runs") / f"instruct-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "config.json").exists():
-        raise GptlabError(f"{run_dir}: already holds a run; resume it with --resume {run_dir}, or pick another --out")
     tcfg.out = str(run_dir)
     tcfg.data = icfg.data
-    task = build_task(icfg, tcfg, run_dir, log)
-    if not tcfg.sample_prompt:
-        first = json.loads((run_dir / "data" / "val.json").read_text(encoding="utf-8"))[0]
-        tcfg.sample_prompt = get_style(icfg.style).format(first["instruction"], first.get("input") or "")
-    result = pretrain(tcfg, progress=progress, log=log, on_eval=on_eval, task=task)
+
+    def make_task(run_dir: Path):
+        # Called by pretrain once it has claimed the run folder: the task writes its data splits there.
+        task = build_task(icfg, tcfg, run_dir, log)
+        if not tcfg.sample_prompt:
+            first = json.loads((run_dir / "data" / "val.json").read_text(encoding="utf-8"))[0]
+            tcfg.sample_prompt = get_style(icfg.style).format(first["instruction"], first.get("input") or "")
+        return task
+
+    result = pretrain(tcfg, progress=progress, log=log, on_eval=on_eval, task=make_task, overwrite=overwrite)
     _finish(run_dir, icfg)
     return result
 
