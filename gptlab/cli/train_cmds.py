@@ -155,8 +155,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     print()
     print(f"run saved in {run}  ({result.step} steps, {result.tokens:,} tokens, {result.elapsed:.0f}s of training, "
           f"{result.tokens_per_sec:,.0f} tokens/s" + (f", MFU {result.mfu:.1%}" if result.mfu else "") + ")")
-    print(f"stopped because {_stop_text(result, cfg)}; {wall:.0f}s wall time in all "
-          f"(the rest: preparing data, loading, the first evaluation)")
+    if args.resume:
+        print(f"stopped because {_stop_text(result, cfg)}; this session took {wall:.0f}s of wall time")
+    else:
+        print(f"stopped because {_stop_text(result, cfg)}; {wall:.0f}s of wall time in all "
+              f"(the rest: preparing data, loading, the first evaluation)")
     if result.val_loss is not None:
         best = f" (best {result.best_val_loss:.4f})" if result.best_val_loss is not None else ""
         print(f"last validation loss {result.val_loss:.4f}{best}; curves: {run / 'loss.png'}")
