@@ -2,6 +2,6 @@
 
 import sys
 
-from gptlab.cli import main
+from gptlab.app import main
 
 sys.exit(main())

@@ -50,3 +50,24 @@ def tiktoken_gpt2():
     return tiktoken.Encoding(
         "gpt2", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257
     )
+
+
+def save_tiny_gpt(path: Path, seed: int = 0, **fields) -> str:
+    """A tiny random GPT with GPT-2's vocabulary, saved as a Hugging Face folder at ``path``; returns it.
+
+    What fine-tuning and generation tests start from: GPT-2's vocabulary so real text encodes, two
+    narrow layers so a step takes milliseconds. ``fields`` override the config (context, widths, ...).
+    """
+    from gptlab.model import GPT, GPTConfig
+
+    config = dict(vocab_size=50257, context_length=64, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
+                  qkv_bias=True, tie_weights=True) | fields
+    torch.manual_seed(seed)
+    GPT(GPTConfig(**config)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_folder():
+    """:func:`save_tiny_gpt` as a fixture (the test folders are not an importable package)."""
+    return save_tiny_gpt

@@ -1,5 +1,5 @@
 """Benchmarks: gptlab's speed against reference libraries, measured in one run (``gptlab bench ...``).
 
 Each benchmark module defines ``register_target(sub)``, adding its ``gptlab bench TARGET`` parser;
-:mod:`gptlab.cli.bench_cmds` lists the modules.
+:mod:`gptlab.bench.commands` lists the modules.
 """

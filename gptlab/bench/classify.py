@@ -12,7 +12,6 @@ TF-IDF + logistic regression (scikit-learn's defaults, written out in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -36,12 +35,11 @@ BOOK = {
 # tokens), a cosine from 2e-3 down to 1e-4; 89 s of training on 2 cores, measured. It is the base of the
 # README's figures: deliberately small, since the SMS domain is far from this corpus and the recipe's
 # LM adaptation on the training texts does most of the work ...
-PRETRAIN_ARGS = [
-    "pretrain", "--data", "{corpus}", "--tokenizer", "bpe:8192", "--max-chars", "0",
-    "--preset", "gpt-nano", "--model-set", "n_layers=4", "--model-set", "context_length=256",
-    "--model-set", "drop_rate=0.0", "--block-size", "128", "--batch-size", "32", "--lr", "2e-3",
-    "--warmup-steps", "50", "--max-steps", "230", "--eval-interval", "250", "--eval-batches", "4",
-]
+PRETRAIN_SETTINGS: dict[str, Any] = dict(
+    tokenizer="bpe:8192", max_chars=0, preset="gpt-nano",
+    model={"n_layers": 4, "context_length": 256, "drop_rate": 0.0}, block_size=128, batch_size=32, lr=2e-3,
+    warmup_steps=50, max_steps=230, eval_interval=250, eval_batches=4,
+)
 # ... on English text that shares nothing with the SMS messages:
 PRETRAIN_CORPUS = ("sotu", "tinyshakespeare")
 # ... and fine-tuned with these settings (see ClassifyConfig).
@@ -84,7 +82,7 @@ def register_target(sub: argparse._SubParsersAction) -> None:
 
 
 def _recipe(overrides: list[str]) -> dict[str, Any]:
-    from gptlab.finetune.classify.train import ClassifyConfig
+    from gptlab.finetune.classify.config import ClassifyConfig
 
     recipe = dict(RECIPE)
     defaults = ClassifyConfig()
@@ -118,9 +116,11 @@ def _setting(item: str, raw: str, default: Any) -> Any:
 
 
 def _default_base(log) -> str:
-    """``runs/classify-base``, pretrained with :data:`PRETRAIN_ARGS` on :data:`PRETRAIN_CORPUS` if missing."""
+    """``runs/classify-base``, pretrained with :data:`PRETRAIN_SETTINGS` on :data:`PRETRAIN_CORPUS` if missing."""
+    # Imported here, not at the top: `gptlab --help` imports every bench module, and these bring torch.
     from gptlab.data.registry import dataset_path
-    from gptlab.train.run_dir import is_run_dir
+    from gptlab.outdir import is_run_dir
+    from gptlab.train import TrainConfig, pretrain
 
     out = Path("runs") / "classify-base"
     if is_run_dir(out) and (out / "checkpoints").is_dir():
@@ -132,17 +132,12 @@ def _default_base(log) -> str:
         link = corpus / src.name
         if not link.exists():
             os.symlink(src.resolve(), link)
-    args = [a.format(corpus=corpus) for a in PRETRAIN_ARGS] + ["--out", str(out), "--no-progress"]
-    if is_run_dir(out):  # an earlier attempt stopped before its first checkpoint: start it again
-        args.append("--overwrite")
-    log("no --model given: pretraining the base model once: gptlab " + " ".join(args))
-    from gptlab.cli import main
-
-    # The pretraining log goes to stderr: stdout is kept for the benchmark's own report (--json).
-    with contextlib.redirect_stdout(sys.stderr):
-        code = main(args)
-    if code != 0:
-        raise GptlabError("pretraining the base model failed")
+    cfg = TrainConfig(data=str(corpus), out=str(out), **PRETRAIN_SETTINGS)
+    log(f"no --model given: pretraining the base model once into {out} ({cfg.max_steps} steps on "
+        f"{', '.join(PRETRAIN_CORPUS)})")
+    # An earlier attempt that stopped before its first checkpoint is started again. The pretraining log
+    # goes to stderr: stdout is kept for the benchmark's own report (--json).
+    pretrain(cfg, progress=False, log=lambda msg: print(msg, file=sys.stderr), overwrite=is_run_dir(out))
     return str(out)
 
 
@@ -168,8 +163,9 @@ def run_bench(
     import torch
 
     from gptlab.finetune.classify.baseline import TfidfLogReg, accuracy
+    from gptlab.finetune.classify.config import ClassifyConfig
     from gptlab.finetune.classify.data import balanced_split, read_sms_spam
-    from gptlab.finetune.classify.train import ClassifyConfig, train_classifier
+    from gptlab.finetune.classify.train import train_classifier
 
     if threads:
         torch.set_num_threads(threads)

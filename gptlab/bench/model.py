@@ -20,64 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gptlab.bench.report import Result, format_table, interleaved, median
 from gptlab.errors import GptlabError
 
 PROMPT_LEN = 16
 NEW_TOKENS = 200
 TRAIN_BATCH, TRAIN_SEQ = 4, 256
-
-
-@dataclass
-class Result:
-    """One comparison: our figure, the reference's, their ratio and the target ratio."""
-
-    name: str
-    unit: str
-    ours: float
-    reference: float
-    ours_label: str
-    reference_label: str
-    target: float
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        """ours / reference (higher is better for both units used here)."""
-        return self.ours / self.reference if self.reference else float("nan")
-
-    @property
-    def met(self) -> bool:
-        """Whether the ratio reaches the target."""
-        return self.ratio >= self.target
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with ratio and met included."""
-        return {**asdict(self), "ratio": round(self.ratio, 3), "met": self.met}
-
-
-def _interleaved(contenders: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run each contender ``warmup`` times, then ``repeats`` rounds in turn; each call returns work/second."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            samples[name].append(fn())
-    return samples
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def _log(msg: str) -> None:
@@ -143,14 +97,14 @@ def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, 
         contenders[f"gptlab {mode}"] = _gen_rate(
             lambda ours=ours, options=options: ours.generate(prompt, new_tokens, **options), batch * new_tokens
         )
-    samples = _interleaved(contenders, repeats)
-    ref_name = max((n for n in samples if n.startswith("transformers")), key=lambda n: _median(samples[n]))
-    best = max((n for n in samples if n.startswith("gptlab")), key=lambda n: _median(samples[n]))
+    samples = interleaved(contenders, repeats)
+    ref_name = max((n for n in samples if n.startswith("transformers")), key=lambda n: median(samples[n]))
+    best = max((n for n in samples if n.startswith("gptlab")), key=lambda n: median(samples[n]))
     return Result(
         name=f"generate batch {batch}",
         unit="tokens/s",
-        ours=_median(samples[best]),
-        reference=_median(samples[ref_name]),
+        ours=median(samples[best]),
+        reference=median(samples[ref_name]),
         ours_label=best,
         reference_label=ref_name,
         target=1.5,
@@ -182,12 +136,12 @@ def bench_kv_cache(directory: str, new_tokens: int, repeats: int) -> Result:
         "gptlab fp32 cache": _gen_rate(lambda: model.generate(prompt, new_tokens), new_tokens),
         "gptlab fp32 no cache": _gen_rate(lambda: model.generate(prompt, new_tokens, use_cache=False), new_tokens),
     }
-    samples = _interleaved(contenders, repeats, warmup=0)
+    samples = interleaved(contenders, repeats, warmup=0)
     return Result(
         name="KV cache vs none",
         unit="tokens/s",
-        ours=_median(samples["gptlab fp32 cache"]),
-        reference=_median(samples["gptlab fp32 no cache"]),
+        ours=median(samples["gptlab fp32 cache"]),
+        reference=median(samples["gptlab fp32 no cache"]),
         ours_label="gptlab fp32 cache",
         reference_label="gptlab fp32 no cache",
         target=4.0,
@@ -262,8 +216,8 @@ def bench_training(directory: str, repeats: int, compile_model: bool) -> list[Re
             opt.zero_grad(set_to_none=True)
 
         contenders["gptlab eager fp32"] = _train_rate(eager_step)
-    samples = _interleaved(contenders, repeats)
-    ours32, ours16, ref = (_median(samples[k]) for k in (f"{label} fp32", f"{label} bf16 autocast", "transformers fp32"))
+    samples = interleaved(contenders, repeats)
+    ours32, ours16, ref = (median(samples[k]) for k in (f"{label} fp32", f"{label} bf16 autocast", "transformers fp32"))
     note = f"forward + backward + fused AdamW, batch {TRAIN_BATCH} x {TRAIN_SEQ} tokens, dropout 0.1"
     return [
         Result("train step fp32", "tokens/s", ours32, ref, f"{label} fp32", "transformers fp32", 1.3, samples, note),
@@ -304,25 +258,6 @@ def run_benchmarks(
             _log("training step")
             results.extend(bench_training(directory, repeats, compile_model and not quick))
     return results
-
-
-def format_table(results: list[Result]) -> str:
-    """A fixed-width table: comparison, ours, reference, ratio, target, met."""
-    lines = [f"{'comparison':<26}{'ours':>10}{'reference':>11}{'ratio':>8}{'target':>8}  met  (ours / reference)"]
-    for r in results:
-        lines.append(
-            f"{r.name:<26}{r.ours:>10.1f}{r.reference:>11.1f}{r.ratio:>7.2f}x{r.target:>7.1f}x  "
-            f"{'yes' if r.met else 'NO ':<4} ({r.ours_label} / {r.reference_label}, {r.unit})"
-        )
-    lines.append("medians of every contender:")
-    seen: set[int] = set()
-    for r in results:
-        if id(r.samples) in seen:  # the two training comparisons share one set of runs
-            continue
-        seen.add(id(r.samples))
-        for name, values in r.samples.items():
-            lines.append(f"  {r.name:<24}{name:<32}{_median(values):>10.1f} {r.unit}")
-    return "\n".join(lines)
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:

@@ -37,23 +37,23 @@ def run_prepare_bench(
     if repeats < 1:
         raise GptlabError(f"--repeats must be at least 1, got {repeats}")
     try:
-        from gptlab.bench.tokenizer import _tiktoken_gpt2
+        from gptlab.bench.tokenizer import tiktoken_gpt2
     except ImportError:  # pragma: no cover - the tokenizer bench ships with this one
         raise GptlabError("the prepare benchmark needs gptlab.bench.tokenizer") from None
     try:
-        reference = _tiktoken_gpt2()
+        reference = tiktoken_gpt2()
     except ImportError:
         raise GptlabError("the prepare benchmark compares against tiktoken, which is not installed; "
                           "install gptlab's dev extras (pip install -e '.[dev]')") from None
     from gptlab.data.corpus import iter_documents
-    from gptlab.data.prep import _default_workers, prepare
+    from gptlab.data.prep import default_workers, prepare
     from gptlab.data.prepared import PreparedData
     from gptlab.tokenizer import gpt2_tokenizer
 
     docs = list(iter_documents(corpus))
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     ours_tok = gpt2_tokenizer()
-    workers = workers or _default_workers()
+    workers = workers or default_workers()
     ours_s, ref_s = [], []
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-prepare-") as tmp:
         for _ in range(repeats):

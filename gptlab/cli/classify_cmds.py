@@ -126,10 +126,11 @@ def _data_args(p: argparse.ArgumentParser, split_seed: bool = True) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from gptlab.finetune.classify.config import ClassifyConfig
     from gptlab.finetune.classify.data import DataSpec
     from gptlab.finetune.classify.metrics import format_confusion, format_metrics
     from gptlab.finetune.classify.store import classifier_out_dir
-    from gptlab.finetune.classify.train import ClassifyConfig, train_classifier
+    from gptlab.finetune.classify.train import train_classifier
 
     trainable = args.trainable or ("lora" if args.lora_rank is not None else "last")
     if args.lora_rank is not None and trainable != "lora":
@@ -180,8 +181,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from gptlab.finetune.classify.data import eval_data
     from gptlab.finetune.classify.metrics import format_confusion, format_metrics
-    from gptlab.finetune.classify.store import classifier_meta
-    from gptlab.finetune.classify.train import labeled_texts_metrics, load_classifier
+    from gptlab.finetune.classify.predict import labeled_texts_metrics
+    from gptlab.finetune.classify.store import classifier_meta, load_classifier
 
     # The data first (from classifier.json alone): a wrong flag should not wait for a model to load.
     recorded = classifier_meta(args.model).get("data")
@@ -199,8 +200,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from gptlab.finetune.classify.data import read_texts
-    from gptlab.finetune.classify.store import classifier_meta
-    from gptlab.finetune.classify.train import classify_texts, load_classifier
+    from gptlab.finetune.classify.predict import classify_texts
+    from gptlab.finetune.classify.store import classifier_meta, load_classifier
 
     if args.batch_size < 1:
         raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.outdir import StagedOutDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,12 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gptlab.data.prep import prepare
+    # Imported here: data.prep brings numpy, which `gptlab --help` should not pay for.
+    from gptlab.data.prep import is_prepared_dir
 
     if args.max_mb is not None and args.max_mb <= 0:
         raise GptlabError(f"--max-mb must be positive, got {args.max_mb}")
-    from gptlab.data.prep import is_prepared_dir
-    from gptlab.outdir import StagedOutDir
 
     out = StagedOutDir(args.out, overwrite=args.overwrite, kind="prepared data folder", is_same_kind=is_prepared_dir)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def _run_prepare(args: argparse.Namespace, out_dir: Path) -> dict:
 def _list(args: argparse.Namespace) -> int:
     from gptlab.data.corpus import CORPORA
     from gptlab.data.registry import DATASETS
-    from gptlab.paths import cache_dir
+    from gptlab.downloads import cache_dir
 
     rows = [
         {"name": d.name, "file": str(cache_dir() / d.filename), "cached": (cache_dir() / d.filename).is_file(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import sys
 import time
@@ -77,14 +76,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         from pathlib import Path
 
-        from gptlab.model.hf import _read_config, config_from_hf
-        from gptlab.train.run_dir import is_run_dir, run_model_config
+        from gptlab.model.hf import read_config
+        from gptlab.model.run_folder import is_run_dir, run_model_config
 
         directory = Path(args.model)
         if is_run_dir(directory):
             cfg = run_model_config(directory)
         else:
-            cfg = config_from_hf(_read_config(directory), str(directory / "config.json"))
+            cfg = read_config(directory)
         label = str(directory)
     if args.tied is not None:
         cfg = cfg.replace(tie_weights=args.tied)
@@ -139,27 +138,26 @@ def _list_presets(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Load a model and its tokenizer, continue each prompt, print the text."""
-    import torch
+    from gptlab.model.dtypes import parse_dtype
+    from gptlab.model.generate import SamplingConfig
+    from gptlab.model.load import load_model
+    from gptlab.tokenizer.stream import StreamDecoder
 
-    from gptlab.model.generate import check_sampling
-    from gptlab.model.load import load_model, tokenizer_for
-
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     # Before loading the model: a bad flag costs a second, not a download.
-    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
+    sampling.check(args.max_new_tokens, flags=True)
     if args.stream and len(args.prompt) > 1:
         raise GptlabError("--stream prints one sequence; give a single --prompt")
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model(args.model, dtype=dtype)
-    tok = tokenizer_for(args.model, model)
+    dtype = parse_dtype(args.dtype)
+    model, tok = load_model(args.model, dtype=dtype)
     prompts = [tok.encode(p, allowed_special="all") for p in args.prompt]
     if any(not p for p in prompts):
         raise GptlabError("--prompt: an empty prompt has no token to continue from")
     eos = None if args.ignore_eos else tok.eot_id
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos, seed=args.seed,
-                   use_cache=not args.no_cache, compile=args.compile)
+    options = dict(sampling=sampling, eos_id=eos, use_cache=not args.no_cache, compile=args.compile)
     start = time.perf_counter()
     if args.stream:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = StreamDecoder(tok)
         new: list[int] = []
         if not args.json:
             sys.stdout.write(args.prompt[0])
@@ -169,10 +167,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 break
             new.append(token)
             if not args.json:
-                sys.stdout.write(decoder.decode(tok.decode_bytes([token])))
+                sys.stdout.write(decoder.feed(token))
                 sys.stdout.flush()
         if not args.json:
-            sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+            sys.stdout.write(decoder.finish() + "\n")
         outputs = [new]
     else:
         outputs = model.generate(prompts, args.max_new_tokens, **options)

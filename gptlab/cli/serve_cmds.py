@@ -64,17 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
     """Model, tokenizer, chat format and a started engine."""
-    import torch
-
-    from gptlab.model.load import load_model, tokenizer_for
+    from gptlab.model.dtypes import parse_dtype
+    from gptlab.model.load import load_model
     from gptlab.serve.chat_format import chat_format_for
     from gptlab.serve.engine import Engine
 
     if max_batch < 1:
         raise GptlabError(f"--max-batch must be a positive integer, got {max_batch}")
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model(args.model, dtype=dtype)
-    tok = tokenizer_for(args.model, model)
+    dtype = parse_dtype(args.dtype)
+    model, tok = load_model(args.model, dtype=dtype)
     fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style)
     return model, tok, fmt, Engine(model, tok, max_batch=max_batch).start()
 
@@ -126,10 +124,16 @@ def _fit_history(messages: list[dict], fmt, tok, context: int, max_tokens: int) 
     Returns ``(prompt ids, max_tokens for the answer, turns dropped)``. A lone message too long for the
     context leaves room for a shorter answer, or none at all (max_tokens 0).
     """
+    from gptlab.serve.engine import ContextLengthExceeded, check_fits
+
     dropped = 0
     while True:
         ids = tok.encode(fmt.format_chat(messages), disallowed_special=())
-        if len(ids) + max_tokens <= context:
+        try:
+            check_fits(len(ids), max_tokens, context)
+        except ContextLengthExceeded:
+            pass
+        else:
             return ids, max_tokens, dropped
         first = next(i for i, m in enumerate(messages) if m["role"] != "system")
         users = sum(1 for m in messages if m["role"] == "user")

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gptlab.data.registry import read_text
+    from gptlab.data.corpus import read_text
 
     specials = [ENDOFTEXT] if args.special is None else list(dict.fromkeys(args.special))
     if any(not s for s in specials):
@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     tok = get_tokenizer(args.tokenizer)
     if args.file is not None:
-        from gptlab.data.registry import read_text
+        from gptlab.data.corpus import read_text
 
         text = read_text(args.file)
     else:

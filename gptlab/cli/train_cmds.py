@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from gptlab.errors import GptlabError
 
@@ -176,8 +175,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from gptlab.io import atomic_write_text
     from gptlab.model.load import EXPORTED_TOKENIZER
+    from gptlab.model.run_folder import checkpoint_dir, load_run
     from gptlab.outdir import StagedOutDir, is_run_dir
-    from gptlab.train.run_dir import checkpoint_dir, load_run
 
     out = StagedOutDir(args.out, overwrite=args.overwrite, kind="exported model folder",
                        is_same_kind=lambda p: (p / "config.json").is_file() and not is_run_dir(p))

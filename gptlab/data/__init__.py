@@ -5,8 +5,9 @@
 * :mod:`~gptlab.data.windows`: the book's sliding-window dataset and ``create_dataloader``.
 * :mod:`~gptlab.data.prep`: ``gptlab prepare``, text -> ``train.bin``/``val.bin`` + ``meta.json``.
 * :mod:`~gptlab.data.prepared`: :class:`PreparedData`, random and sequential windows over those files.
+* :mod:`~gptlab.data.prompts`: prompt styles (Alpaca, Phi-3, templates) for fine-tuning and serving.
 
-Names are imported lazily, so that ``import gptlab.data.registry`` (the tokenizers need it) does not
+The data sets and sources are imported here, the rest lazily, so that ``import gptlab.data`` does not
 pull in torch.
 """
 
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import importlib
 
-from gptlab.data.registry import DATASETS, dataset_path, read_text
+from gptlab.data.corpus import CORPORA, iter_documents, read_text
+from gptlab.data.registry import DATASETS, dataset_path
 
 _LAZY = {
-    "CORPORA": "gptlab.data.corpus",
-    "iter_documents": "gptlab.data.corpus",
     "SlidingWindowDataset": "gptlab.data.windows",
     "create_dataloader": "gptlab.data.windows",
     "prepare": "gptlab.data.prep",
@@ -26,7 +26,7 @@ _LAZY = {
     "TokenFile": "gptlab.data.prepared",
 }
 
-__all__ = ["DATASETS", "dataset_path", "read_text", *_LAZY]
+__all__ = ["CORPORA", "DATASETS", "dataset_path", "iter_documents", "read_text", *_LAZY]
 
 
 def __getattr__(name: str):

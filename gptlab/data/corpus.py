@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gptlab.data.registry import DATASETS, dataset_path
 from gptlab.errors import GptlabError
 
 # Corpora made of local files, needing no download.
@@ -62,8 +63,6 @@ class Piece:
 
 def known_names() -> list[str]:
     """Every name a source can be given by: downloadable data sets and local corpora."""
-    from gptlab.data.registry import DATASETS
-
     return sorted([*DATASETS, *CORPORA])
 
 
@@ -87,8 +86,6 @@ def stdlib_files() -> list[Path]:
 
 def resolve_source(spec: str | os.PathLike) -> Source:
     """The files that ``spec`` (a data set name, ``python-stdlib``, a file or a folder) stands for."""
-    from gptlab.data.registry import DATASETS, dataset_path
-
     name = str(spec)
     if name in DATASETS:
         return Source(name, "dataset", (dataset_path(name),))
@@ -214,3 +211,14 @@ def iter_documents(
         doc.append(read_piece(piece, errors))
     if doc:
         yield "".join(doc)
+
+
+def read_text(name_or_path: str | os.PathLike, errors: str = "strict") -> str:
+    """Text of a named data set, a corpus (``python-stdlib``) or a file path, as UTF-8.
+
+    The bytes are decoded as they are (no newline translation), so the text is exactly what
+    ``gptlab prepare`` tokenizes. A corpus of several files is their concatenation, like ``cat``;
+    :func:`iter_documents` gives them one by one. ``errors="replace"`` turns undecodable bytes into
+    U+FFFD instead of failing.
+    """
+    return "".join(iter_documents(name_or_path, errors=errors))

@@ -77,7 +77,7 @@ def prepare(
     specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not specs:
         raise GptlabError("no data given: name at least one data set, file or folder")
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise GptlabError(f"workers must be at least 1, got {workers}")
 
@@ -171,7 +171,8 @@ def _splittable(tok: Tokenizer) -> bool:
 
 
 # ------------------------------------------------------------------------------------ processes
-def _default_workers() -> int:
+def default_workers() -> int:
+    """The CPUs this process may run on: how many encoding processes ``prepare`` starts by default."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -288,7 +289,8 @@ def _publish(out: Path, tmp_train: Path, tmp_val: Path, tokenizer: Tokenizer | N
 
 def _describe(source: Source, pieces: Sequence[Piece]) -> dict:
     """Provenance of one source for meta.json: what it is, its size and sha256, how much was used."""
-    from gptlab.data.registry import DATASETS, sha256_file
+    from gptlab.data.registry import DATASETS
+    from gptlab.downloads import sha256_file
 
     mine = set(source.files)
     used_files = {p.path for p in pieces if p.path in mine}

@@ -19,11 +19,13 @@ _EXPORTS = {
     "sample_next": "gptlab.model.generate",
     "load_model": "gptlab.model.load",
     "estimate_memory": "gptlab.model.memory",
+    "set_dropout": "gptlab.model.dropout",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from gptlab.model.config import PRESETS, GPTConfig
+    from gptlab.model.dropout import set_dropout
     from gptlab.model.generate import generate, sample_next, stream_generate
     from gptlab.model.gpt import GPT
     from gptlab.model.kv_cache import KVCache

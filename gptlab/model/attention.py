@@ -86,7 +86,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
-        self.dropout = cfg.drop_rate
+        self.dropout_p = cfg.drop_rate  # a probability for SDPA, not a module: see gptlab.model.dropout
         self.impl = cfg.attn_impl
         self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
         self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
@@ -108,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.dropout_p if self.training else 0.0
         if self.impl == "explicit" or T == 1:
             # One new query (a decode step): SDPA's CPU kernels are tuned for long queries and are
             # several times slower here, in bf16 especially; two small matmuls are the fast path.

@@ -1,6 +1,8 @@
 """Text generation: greedy decoding or sampling (temperature, top-k, top-p), batched, streamed, KV-cached.
 
 One loop does it all (:func:`stream_generate`); :func:`generate` collects what it yields.
+:class:`SamplingConfig` holds the settings that choose each token (temperature, top-k, top-p, seed)
+as one value, for callers that pass them along (the CLI, instruction answers, the server's requests).
 
 * Batches of prompts of different lengths are left-padded, with an attention mask so that padding is
   never attended to and position ids that start at each prompt's first real token.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -101,6 +104,47 @@ def sample_next(
                       for r, g in enumerate(generator)])
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each new token is chosen: greedy at ``temperature`` 0, else sampled from the filtered distribution.
+
+    ``top_k`` and ``top_p`` filter as :func:`filter_logits` does (None: no filter); ``seed`` makes
+    sampling reproducible (see :func:`stream_generate`: one generator per sequence, each seeded with it).
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def check(self, max_new_tokens: int = 0, *, flags: bool = False) -> None:
+        """Raise :class:`GptlabError` for the first unusable setting (see :func:`check_sampling`)."""
+        check_sampling(self.temperature, self.top_k, self.top_p, max_new_tokens, flags=flags)
+
+    def sample(
+        self, logits: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """One token per row of ``logits`` ``[B, vocab]`` with these settings (see :func:`sample_next`)."""
+        return sample_next(logits, self.temperature, self.top_k, self.top_p, generator)
+
+
+def _sampling_config(
+    sampling: SamplingConfig | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+) -> SamplingConfig:
+    """The settings of a generate call: ``sampling`` when given, else the separate keyword arguments."""
+    loose = SamplingConfig(temperature, top_k, top_p, seed)
+    if sampling is None:
+        return loose
+    if loose != SamplingConfig():
+        # Two sources for one setting: say so rather than silently prefer one.
+        raise GptlabError("give sampling=SamplingConfig(...) or temperature/top_k/top_p/seed, not both")
+    return sampling
+
+
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists to one ``[B, T]`` tensor; returns ``(ids, attention_mask)``."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -151,6 +195,7 @@ def stream_generate(
     eos_id: int | None = None,
     *,
     seed: int | None = None,
+    sampling: SamplingConfig | None = None,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
     pad_id: int | None = None,
@@ -163,6 +208,7 @@ def stream_generate(
     * ``temperature``/``top_k``/``top_p``: see :func:`sample_next`; ``seed`` makes sampling reproducible,
       per sequence: each has its own generator seeded with ``seed``, so a prompt samples the same text
       alone or batched with any other prompts.
+    * ``sampling``: the same four settings as one :class:`SamplingConfig` (instead of those arguments).
     * ``eos_id``: a sequence that produces it is finished; later steps yield ``pad_id`` for it
       (default ``eos_id``), and the loop stops once every sequence is finished.
     * ``use_cache``: the KV cache (default); without it each step re-reads the whole window.
@@ -170,7 +216,8 @@ def stream_generate(
       (:mod:`gptlab.model.compiled`): about 2x faster on CPU after a one-off compilation of
       seconds to a minute; numerically equivalent up to float rounding, not bit-identical.
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
+    sampling = _sampling_config(sampling, temperature, top_k, top_p, seed)
+    sampling.check(max_new_tokens)
     if pad_id is None:
         pad_id = eos_id if eos_id is not None else 0
     ids, mask = _as_batch(idx, attention_mask, pad_id)
@@ -178,9 +225,9 @@ def stream_generate(
     ids = ids.to(device)
     B, ctx = ids.size(0), model.cfg.context_length
     generators = None
-    if seed is not None and temperature > 0.0:
+    if sampling.seed is not None and sampling.temperature > 0.0:
         # One per sequence, all seeded alike: a row's draws are the same whatever else is in the batch.
-        generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
+        generators = [torch.Generator(device=device).manual_seed(sampling.seed) for _ in range(B)]
 
     # The whole sequence (prompt + new tokens) lives in one pre-allocated buffer; `n` is its used length.
     n = ids.size(1)
@@ -225,7 +272,7 @@ def stream_generate(
                                    position_ids=next_pos, last_only=True)
                 if next_pos is not None:
                     next_pos = next_pos + 1
-            token = _next_tokens(logits[:, -1, :], temperature, top_k, top_p, generators, finished)
+            token = _next_tokens(logits[:, -1, :], sampling, generators, finished)
             if eos_id is not None:
                 token = token.masked_fill(finished, pad_id)
                 finished |= token == eos_id
@@ -240,19 +287,17 @@ def stream_generate(
 
 def _next_tokens(
     logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    sampling: SamplingConfig,
     generators: list[torch.Generator] | None,
     finished: torch.Tensor,
 ) -> torch.Tensor:
     """One token per row; with per-row generators, finished rows draw nothing (their token is replaced anyway)."""
     if generators is None or len(generators) == 1:
-        return sample_next(logits, temperature, top_k, top_p, generators[0] if generators else None)
+        return sampling.sample(logits, generators[0] if generators else None)
     live = (~finished).nonzero().flatten().tolist()
     token = torch.zeros(logits.size(0), dtype=torch.long, device=logits.device)
     if live:
-        token[live] = sample_next(logits[live], temperature, top_k, top_p, [generators[r] for r in live])
+        token[live] = sampling.sample(logits[live], [generators[r] for r in live])
     return token
 
 

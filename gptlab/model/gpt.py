@@ -14,10 +14,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gptlab.errors import GptlabError
 from gptlab.model.attention import build_attention_mask
 from gptlab.model.config import GPTConfig
+from gptlab.model.generate import generate, stream_generate
+from gptlab.model.hf import load_weights, read_config, resolve_model_dir, save_pretrained
 from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import Block
 
@@ -29,6 +32,19 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     different positions than the same prompt alone (``transformers`` does the same).
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skip ``torch.nn.init`` while building a model whose every tensor is about to be read from a file.
+
+    On the meta device the init functions would change nothing, yet their first use loads torch's Python
+    reference kernels (and sympy with them): seconds and ~80 MB for values that are never kept.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else (kwargs or {})["tensor"]  # init functions return their tensor
+        return func(*args, **(kwargs or {}))
 
 
 class GPT(nn.Module):
@@ -138,8 +154,6 @@ class GPT(nn.Module):
         **kwargs: Any,
     ) -> torch.Tensor | list[int] | list[list[int]]:
         """Continue ``idx``; see :func:`gptlab.model.generate.generate` for every option."""
-        from gptlab.model.generate import generate
-
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
 
     def stream_generate(
@@ -153,23 +167,30 @@ class GPT(nn.Module):
         **kwargs: Any,
     ) -> Iterator[torch.Tensor]:
         """Yield one ``[B]`` tensor of new tokens per step; see :func:`gptlab.model.generate.stream_generate`."""
-        from gptlab.model.generate import stream_generate
-
         return stream_generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
 
     # ------------------------------------------------------------------ Hugging Face format
 
+    # The format itself (config translation, tensor names and layouts, the files) is gptlab.model.hf's,
+    # which does not know this class: these two only build the model and hand it over.
+
     @classmethod
     def from_pretrained(
-        cls, name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, **kwargs: Any
+        cls, name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, download: bool = True
     ) -> GPT:
-        """Load GPT-2 weights in the Hugging Face format; see :func:`gptlab.model.hf.load_pretrained`."""
-        from gptlab.model.hf import load_pretrained
+        """A model from a Hugging Face GPT-2 folder or hub name (``gpt2`` ... ``gpt2-xl``), in eval mode.
 
-        return load_pretrained(name_or_dir, dtype=dtype, **kwargs)
+        ``dtype`` converts the weights as they are read (e.g. ``torch.bfloat16`` for fast CPU inference);
+        by default they keep the file's dtype. A hub name is downloaded into the cache once, unless
+        ``download`` is False. Peak memory is the model plus one tensor.
+        """
+        directory = resolve_model_dir(name_or_dir, download=download)
+        cfg = read_config(directory)
+        with torch.device("meta"), _SkipInit():
+            model = cls(cfg)  # no memory and no random init: every tensor comes from the file
+        load_weights(model, directory, dtype=dtype)
+        return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads as GPT2LMHeadModel."""
-        from gptlab.model.hf import save_pretrained
-
         save_pretrained(self, directory)

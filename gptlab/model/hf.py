@@ -1,5 +1,9 @@
 """GPT-2 weights in the Hugging Face format: read them into a :class:`GPT`, and write a GPT back.
 
+This module knows the format (config translation, tensor names and layouts, the files); it does not
+import the model class. :meth:`gptlab.model.GPT.from_pretrained` builds the model and has this module
+fill it; :meth:`gptlab.model.GPT.save_pretrained` has it write one out.
+
 The format is a folder with ``config.json`` (a ``GPT2Config``) and ``model.safetensors`` (or the
 older pickled ``pytorch_model.bin``). Its tensors differ from gptlab's in three ways, all undone here:
 
@@ -9,7 +13,7 @@ older pickled ``pytorch_model.bin``). Its tensors differ from gptlab's in three 
 * extras: ``attn.bias`` / ``attn.masked_bias`` are constant causal-mask buffers, not weights, and a tied
   output head may be missing (``lm_head.weight`` is then the token embedding).
 
-Loading builds the model on the meta device (no memory, no random init) and reads each tensor from
+Loading fills a model built on the meta device (no memory, no random init), reading each tensor from
 the file straight into the storage it will keep, so peak memory is the model plus one tensor.
 """
 
@@ -18,17 +22,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from gptlab.errors import GptlabError
+from gptlab.io import atomic_write_text, default_mode
 from gptlab.model.config import GPTConfig
-from gptlab.model.gpt import GPT
+from gptlab.model.hub import HUB_MODELS, ensure_model
 
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"
@@ -134,6 +140,7 @@ def config_to_hf(cfg: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- tensors
 
+# The safetensors header's dtype codes that GPT-2 checkpoints use.
 _ST_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -147,68 +154,42 @@ _ST_DTYPES = {
 
 
 class _SafetensorsFile:
-    """A minimal safetensors reader: the JSON header up front, each tensor read on demand.
+    """``model.safetensors`` through the safetensors library, each tensor read on demand.
 
-    Reading (rather than mapping) puts each tensor's bytes directly into the tensor that keeps them:
-    no second copy, and no page-cache pages counted against the process.
+    The library checks the header (JSON, dtypes, offsets, a file cut short) when the file is opened.
+    Its ``pread`` backend reads each tensor's bytes straight into the tensor that keeps them: no second
+    copy, and no page-cache pages counted against the process, as mapping the file would.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise self._corrupt("shorter than its 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise self._corrupt("header runs past the end of the file")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, UnicodeDecodeError):
-                raise self._corrupt("header is not valid JSON") from None
-        if not isinstance(header, dict):
-            raise self._corrupt("header is not a JSON object")
-        header.pop("__metadata__", None)
-        self.data_start = 8 + n
-        self.entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
-        for name, info in header.items():
-            try:
-                dtype = _ST_DTYPES[info["dtype"]]
-                begin, end = (int(x) for x in info["data_offsets"])
-                shape = [int(s) for s in info["shape"]]
-            except (KeyError, TypeError, ValueError):
-                raise self._corrupt(f"bad header entry for {name!r}") from None
-            numel = 1
-            for s in shape:
-                numel *= s
-            if end - begin != numel * dtype.itemsize or begin < 0:
-                raise self._corrupt(f"tensor {name!r} has inconsistent offsets")
-            if self.data_start + end > size:
-                raise self._corrupt(f"truncated: tensor {name!r} ends past the end of the file")
-            self.entries[name] = (dtype, shape, begin, end)
+        try:
+            self._file = safe_open(path, framework="pt", backend="pread")
+            self.entries: list[str] = list(self._file.keys())
+        except SafetensorError as exc:
+            raise self._corrupt(exc) from None
 
-    def _corrupt(self, why: str) -> GptlabError:
-        return GptlabError(f"{self.path}: not a valid safetensors file ({why})")
+    def _corrupt(self, exc: Exception) -> GptlabError:
+        why = str(exc).splitlines()[0].removeprefix("Error while deserializing header: ")
+        return GptlabError(f"{self.path}: not a valid safetensors file, damaged or truncated ({why})")
 
     def shape(self, name: str) -> list[int]:
-        """The stored shape of tensor ``name``."""
-        return self.entries[name][1]
+        """The stored shape of tensor ``name`` (from the header; nothing is read)."""
+        return list(self._file.get_slice(name).get_shape())
 
     def dtype(self, name: str) -> torch.dtype:
-        """The stored dtype of tensor ``name``."""
-        return self.entries[name][0]
+        """The stored dtype of tensor ``name`` (from the header; nothing is read)."""
+        code = self._file.get_slice(name).get_dtype()
+        if code not in _ST_DTYPES:
+            raise GptlabError(f"{self.path}: tensor {name!r} has dtype {code}, which gptlab does not read")
+        return _ST_DTYPES[code]
 
-    def read(self, name: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """Tensor ``name``, read from disk into a fresh tensor (or into the front of uint8 ``scratch``)."""
-        dtype, shape, begin, end = self.entries[name]
-        out = torch.empty(end - begin, dtype=torch.uint8) if scratch is None else scratch[: end - begin]
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            got = f.readinto(memoryview(out.numpy()))
-        if got != end - begin:
-            raise self._corrupt(f"truncated while reading {name!r}")
-        return out.view(dtype).reshape(shape)
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name``, read from disk into a fresh tensor in its stored dtype."""
+        try:
+            return self._file.get_tensor(name)
+        except SafetensorError as exc:  # the file changed since it was opened
+            raise self._corrupt(exc) from None
 
 
 class _TorchBinFile:
@@ -233,9 +214,10 @@ class _TorchBinFile:
         """The stored dtype of tensor ``name``."""
         return self.tensors[name].dtype
 
-    def read(self, name: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """Tensor ``name`` (mapped from the file; ``scratch`` is not needed)."""
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` (mapped from the file)."""
         return self.tensors[name]
+
 
 
 def _open_weights(directory: Path) -> _SafetensorsFile | _TorchBinFile:
@@ -262,31 +244,35 @@ def _read_config(directory: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- load / save
 
 
+def read_config(directory: str | os.PathLike) -> GPTConfig:
+    """The :class:`GPTConfig` of a Hugging Face GPT-2 folder (its ``config.json``, translated and checked)."""
+    directory = Path(directory)
+    return config_from_hf(_read_config(directory), str(directory / "config.json"))
+
+
 def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = True) -> Path:
     """A folder holding the model: ``name_or_dir`` itself, or a hub name's folder in the cache."""
-    from gptlab.model import hub
-
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_dir)
-    if name in hub.HUB_MODELS:
-        return hub.ensure_model(name, download=download)
+    if name in HUB_MODELS:
+        return ensure_model(name, download=download)
     raise GptlabError(
         f"model {name!r}: not a folder with config.json and {SAFETENSORS}, nor a known name "
-        f"({', '.join(hub.HUB_MODELS)})"
+        f"({', '.join(HUB_MODELS)})"
     )
 
 
-def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, download: bool = True) -> GPT:
-    """Build a :class:`GPT` from a Hugging Face GPT-2 folder or hub name (``gpt2`` ... ``gpt2-xl``).
+def load_weights(model: torch.nn.Module, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Fill ``model`` (a GPT built on the meta device from :func:`read_config`) with a folder's weights.
 
-    ``dtype`` converts the weights as they are read (e.g. ``torch.bfloat16`` for fast CPU inference);
-    by default they keep the file's dtype. The model is returned in eval mode.
+    Every tensor is checked (name, shape, nothing missing or left over) and read straight into the
+    storage the model keeps. ``dtype`` converts the weights as they are read (e.g. ``torch.bfloat16`` for
+    fast CPU inference); by default they keep the file's dtype (integers become float32).
     """
-    directory = resolve_model_dir(name_or_dir, download=download)
-    hf_cfg = _read_config(directory)
-    cfg = config_from_hf(hf_cfg, str(directory / "config.json"))
+    directory = Path(directory)
+    cfg: GPTConfig = model.cfg
     weights = _open_weights(directory)
 
     # Index the file's tensors by their prefix-free HF name.
@@ -298,13 +284,9 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
     if "lm_head.weight" not in stored and not cfg.tie_weights:
         raise GptlabError(f"{weights.path}: missing tensor lm_head.weight (config.json says tie_word_embeddings=false)")
 
-    with torch.device("meta"):
-        model = GPT(cfg)
-    expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    scratch: torch.Tensor | None = None
-    for name, meta in expected.items():
+    for name, meta in model.state_dict().items():
         if name == "out_head.weight" and cfg.tie_weights:
             continue  # the token embedding, tied below
         hf, transposed = hf_name(name)
@@ -312,7 +294,7 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
         if hf not in stored:
             raise GptlabError(f"{weights.path}: missing tensor {hf} (expected shape {want})")
         key = stored[hf]
-        got = list(weights.shape(key))
+        got = weights.shape(key)
         if got != want:
             raise GptlabError(f"{weights.path}: tensor {key} has shape {got}, but config.json implies {want}")
         stored_dtype = weights.dtype(key)
@@ -320,15 +302,14 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
         if not transposed and target == stored_dtype:
             state[name] = weights.read(key)  # straight from the file into the tensor the model keeps
         else:
-            # Transposing or converting needs the raw bytes somewhere first: one reused scratch buffer
-            # (grown to the largest such tensor), so the allocator is not left with a hole per tensor.
-            nbytes = meta.numel() * stored_dtype.itemsize
-            if scratch is None or scratch.numel() < nbytes:
-                scratch = torch.empty(nbytes, dtype=torch.uint8)
-            raw = weights.read(key, scratch)
-            state[name] = torch.empty(meta.shape, dtype=target).copy_(raw.t() if transposed else raw)
+            # Transposing or converting needs the raw bytes somewhere first. The kept tensor is
+            # allocated before them, so they sit on top of the heap, where the next kept tensor reuses
+            # their space, instead of leaving a hole per tensor below it.
+            state[name] = torch.empty(meta.shape, dtype=target)
+            raw = weights.read(key)
+            state[name].copy_(raw.t() if transposed else raw)
+            del raw
         used.add(hf)
-    del scratch
     if not cfg.qkv_bias:
         # Saved by gptlab without a qkv bias: the stored zeros must really be zeros to drop them.
         for i in range(cfg.n_layers):
@@ -346,11 +327,10 @@ def load_pretrained(name_or_dir: str | os.PathLike, dtype: torch.dtype | None = 
     model.load_state_dict(state, assign=True, strict=True)
     if cfg.tie_weights:
         model.out_head.weight = model.tok_emb.weight  # assign=True replaced the shared Parameter; re-tie
-    return model.eval()
 
 
-def hf_state_dict(model: GPT, prefix: str = "transformer.") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(HF name, tensor)`` pairs for ``model`` in GPT-2's layout (Conv1D weights transposed)."""
+def hf_state_dict(model: torch.nn.Module, prefix: str = "transformer.") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(HF name, tensor)`` pairs for a GPT ``model`` in GPT-2's layout (Conv1D weights transposed)."""
     cfg = model.cfg
     for name, tensor in model.state_dict().items():
         if name == "out_head.weight":
@@ -365,12 +345,8 @@ def hf_state_dict(model: GPT, prefix: str = "transformer.") -> Iterator[tuple[st
             yield prefix + hf.replace("weight", "bias"), torch.zeros(3 * cfg.emb_dim, dtype=tensor.dtype)
 
 
-def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
-    from safetensors.torch import save_file
-
-    from gptlab.io import atomic_write_text, default_mode
-
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write a GPT ``model`` as ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dict(hf_state_dict(model))

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from gptlab.model.config import GPTConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from gptlab.model.dtypes import parse_dtype
 
 
 @dataclass
@@ -56,7 +55,7 @@ def estimate_memory(
     cfg: GPTConfig, dtype: str = "float32", context: int | None = None, batch_size: int = 1
 ) -> MemoryEstimate:
     """Memory for weights, gradients, AdamW state and KV cache of ``cfg`` in ``dtype``."""
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = parse_dtype(dtype)
     size = torch_dtype.itemsize
     n_all, n_core = count_parameters(cfg)
     context = context or cfg.context_length

@@ -1,6 +1,6 @@
 """Chat messages to a prompt: the model's own prompt style when it has one, a plain format otherwise.
 
-A fine-tuned model folder carries ``prompt_style.json`` (:mod:`gptlab.finetune.prompts`); chats are
+A fine-tuned model folder carries ``prompt_style.json`` (:mod:`gptlab.data.prompts`); chats are
 then formatted exactly as the model was trained. A model without one (a pretrained or base model) gets
 a neutral transcript::
 
@@ -16,12 +16,11 @@ whose answers end where the model starts a new ``User:`` line.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gptlab.errors import GptlabError
+from gptlab.data.prompts import chat_messages, get_style, load_style
 
 
 class ChatFormat(Protocol):
@@ -44,8 +43,6 @@ class PlainChat:
 
     def format_chat(self, messages: list[dict[str, Any]]) -> str:
         """Format ``messages`` (``role`` system/user/assistant, string ``content``); the last must be the user's."""
-        from gptlab.finetune.prompts import chat_messages
-
         lines: list[str] = []
         for role, content in chat_messages(messages):
             if role == "system":
@@ -58,22 +55,11 @@ class PlainChat:
 
 
 def chat_format_for(model_dir: str | os.PathLike | None, style: str | None = None) -> ChatFormat:
-    """The chat format for a model: ``style`` if given (a name or template), else the folder's saved style, else plain.
-
-    :mod:`gptlab.finetune.prompts` is imported lazily, so serving works without it.
-    """
-    try:
-        prompts = importlib.import_module("gptlab.finetune.prompts")
-    except ImportError:
-        prompts = None  # type: ignore[assignment]
+    """The chat format for a model: ``style`` if given (a name or template), else the folder's saved style, else plain."""
     if style:
-        if style == "plain":
-            return PlainChat()
-        if prompts is None:
-            raise GptlabError(f"--style {style!r}: prompt styles need gptlab.finetune.prompts, which is not installed")
-        return prompts.get_style(style)
-    if prompts is not None and model_dir is not None and os.path.isdir(model_dir):
-        found = prompts.load_style(model_dir)
+        return PlainChat() if style == "plain" else get_style(style)
+    if model_dir is not None and os.path.isdir(model_dir):
+        found = load_style(model_dir)
         if found is not None:
             return found
     return PlainChat()

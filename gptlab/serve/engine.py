@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.model.generate import sample_next
+from gptlab.model.generate import SamplingConfig
 from gptlab.model.kv_cache import KVCache
 from gptlab.serve.slots import SlotCache
 from gptlab.serve.text import TextStream
@@ -40,15 +40,42 @@ from gptlab.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How one request is decoded. ``temperature`` 0 is greedy; ``top_p`` 1 keeps the whole distribution."""
+class SamplingParams(SamplingConfig):
+    """How one request is decoded: the sampling settings (OpenAI's defaults) and when to stop.
 
-    max_tokens: int = 16
+    ``temperature`` 0 is greedy; ``top_p`` 1 keeps the whole distribution. Construct it with keywords.
+    """
+
     temperature: float = 1.0
     top_p: float = 1.0
-    seed: int | None = None
+    max_tokens: int = 16
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+
+
+class ContextLengthExceeded(GptlabError):
+    """A prompt plus the tokens asked for is longer than the model's context window."""
+
+    def __init__(self, n_prompt: int, max_tokens: int, context_length: int) -> None:
+        # OpenAI's wording: the HTTP API returns this message as it is.
+        super().__init__(
+            f"This model's maximum context length is {context_length} tokens. However, you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the completion). "
+            "Please reduce the length of the prompt or max_tokens."
+        )
+        self.n_prompt = n_prompt
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+
+
+def check_fits(n_prompt: int, max_tokens: int, context_length: int) -> None:
+    """Raise :class:`ContextLengthExceeded` unless ``n_prompt`` + ``max_tokens`` tokens fit ``context_length``.
+
+    The engine relies on it: a request that fits never fills its slot's whole context, so the slot
+    cache always has a padding column to spare (see :mod:`gptlab.serve.slots`).
+    """
+    if n_prompt + max_tokens > context_length:
+        raise ContextLengthExceeded(n_prompt, max_tokens, context_length)
 
 
 @dataclass
@@ -172,12 +199,7 @@ class Engine:
             raise GptlabError("the prompt has no tokens")
         if max_tokens < 1:
             raise GptlabError(f"max_tokens must be >= 1, got {max_tokens}")
-        if n_prompt + max_tokens > self.context_length:
-            raise GptlabError(
-                f"this model's maximum context length is {self.context_length} tokens, but "
-                f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, {max_tokens} for the "
-                "completion); shorten the prompt or lower max_tokens"
-            )
+        check_fits(n_prompt, max_tokens, self.context_length)
 
     def submit(
         self,
@@ -305,9 +327,8 @@ class Engine:
             for r in greedy:
                 out[r] = best[r]
         for r, req in enumerate(reqs):
-            p = req.params
-            if p.temperature > 0.0:
-                out[r] = int(sample_next(logits[r : r + 1], p.temperature, None, p.top_p, req._generator)[0])
+            if req.params.temperature > 0.0:
+                out[r] = int(req.params.sample(logits[r : r + 1], req._generator)[0])
         return out
 
     def _emit(self, req: Request, token: int) -> bool:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gptlab.serve.engine import SamplingParams
+from gptlab.serve.engine import ContextLengthExceeded, SamplingParams, check_fits
 
 
 class ApiError(Exception):
@@ -180,15 +180,10 @@ def parse_request(body: Any, chat: bool, tokenizer, chat_format, context_length:
         max_tokens = 16 if not chat else max(1, context_length - longest)
     if max_tokens < 1:
         raise ApiError(400, f"'max_tokens' must be >= 1, got {max_tokens}", param="max_tokens", code="invalid_value")
-    if longest + max_tokens > context_length:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {context_length} tokens. However, you requested "
-            f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion). "
-            "Please reduce the length of the prompt or max_tokens.",
-            param="messages" if chat else "prompt",
-            code="context_length_exceeded",
-        )
+    try:
+        check_fits(longest, max_tokens, context_length)
+    except ContextLengthExceeded as exc:
+        raise ApiError(400, str(exc), param="messages" if chat else "prompt", code="context_length_exceeded") from None
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             stop=tuple(stops), ignore_eos=ignore_eos)
     return ParsedRequest(prompts, params, stream, include_usage, chat)

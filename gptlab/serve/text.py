@@ -1,6 +1,7 @@
 """Token ids to streamed text: incremental UTF-8 decoding and stop strings that never leak.
 
-A token can end in the middle of a multi-byte character, and a stop string can span several tokens.
+A token can end in the middle of a multi-byte character (decoded incrementally by
+:class:`~gptlab.tokenizer.stream.StreamDecoder`), and a stop string can span several tokens.
 :class:`TextStream` therefore releases text only when it is final: complete characters that cannot
 be the beginning of a stop string. What is held back is released when generation ends for another
 reason (the text was real after all).
@@ -8,10 +9,10 @@ reason (the text was real after all).
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Sequence
 
 from gptlab.tokenizer import Tokenizer
+from gptlab.tokenizer.stream import StreamDecoder
 
 
 class TextStream:
@@ -20,7 +21,7 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = StreamDecoder(tokenizer)
         self.text = ""  # everything decoded so far
         self.sent = 0  # characters of self.text already released
         self.stopped = False
@@ -29,14 +30,14 @@ class TextStream:
         """Add one token; return newly released text. After a stop string, :attr:`stopped` is True."""
         if self.stopped:
             return ""
-        self.text += self._decoder.decode(self.tokenizer.decode_bytes([token]))
+        self.text += self._decoder.feed(token)
         return self._release()
 
     def finish(self) -> str:
         """Generation ended (length, EOS, cancel): release whatever was held back."""
         if self.stopped:
             return ""
-        self.text += self._decoder.decode(b"", final=True)
+        self.text += self._decoder.finish()
         out = self.text[self.sent :]
         self.sent = len(self.text)
         return out

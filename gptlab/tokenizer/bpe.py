@@ -21,8 +21,10 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN
+from gptlab.tokenizer.files import FORMAT, read_tokenizer_file
 from gptlab.tokenizer.merge import merge_piece
 from gptlab.tokenizer.pretokenize import Pretokenizer
+from gptlab.tokenizer.train import train_bpe
 
 # Caching a pre-token's ids turns encoding of real text into mostly dictionary lookups. The cap
 # bounds memory on huge corpora; past it, new pieces are encoded but not remembered.
@@ -154,8 +156,6 @@ class BPETokenizer(Tokenizer):
         streamed: only pre-token counts are kept in memory. Raises :class:`GptlabError` if the text has
         too few distinct pairs to reach ``vocab_size`` (the message says how many it could reach).
         """
-        from gptlab.tokenizer.train import train_bpe
-
         special_tokens = list(special_tokens)
         ranks = train_bpe(
             text,
@@ -212,7 +212,7 @@ class BPETokenizer(Tokenizer):
         if format != "gptlab":
             raise GptlabError(f"unknown tokenizer file format {format!r} (expected 'gptlab' or 'tiktoken')")
         payload = {
-            "format": "gptlab-tokenizer",
+            "format": FORMAT,
             "version": 1,
             "type": "bpe",
             "name": self.name,
@@ -228,12 +228,12 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
         """Load a BPE tokenizer written by :meth:`save` (gptlab JSON, or a tiktoken ranks file)."""
-        from gptlab.tokenizer.registry import load_tokenizer
-
-        tok = load_tokenizer(path)
-        if not isinstance(tok, BPETokenizer):
-            raise GptlabError(f"{path}: holds a {type(tok).__name__}, not a BPE tokenizer")
-        return tok
+        path, content = read_tokenizer_file(path)
+        if isinstance(content, bytes):
+            return cls._from_tiktoken_ranks(content, path)
+        if content.get("type") != "bpe":
+            raise GptlabError(f"{path}: holds a {content.get('type')} tokenizer, not a BPE tokenizer")
+        return cls._from_payload(content, str(path))
 
     @classmethod
     def _from_payload(cls, payload: dict, path: str) -> BPETokenizer:
@@ -245,6 +245,22 @@ class BPETokenizer(Tokenizer):
             if isinstance(exc, GptlabError):
                 raise GptlabError(f"{path}: {exc}") from None
             raise GptlabError(f"{path}: corrupt BPE tokenizer file ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_tiktoken_ranks(cls, raw: bytes, path: Path) -> BPETokenizer:
+        """A tokenizer from a tiktoken ranks file's bytes (``base64-token rank`` lines), GPT-2's pattern."""
+        ranks: dict[bytes, int] = {}
+        try:
+            for line in raw.decode("ascii").splitlines():
+                if not line:
+                    continue
+                tok, rank = line.split()
+                ranks[base64.b64decode(tok, validate=True)] = int(rank)
+            if not ranks:
+                raise ValueError("no ranks")
+        except (ValueError, UnicodeDecodeError):
+            raise GptlabError(f"{path}: not a gptlab tokenizer (JSON) or tiktoken ranks file ('base64 rank' lines)") from None
+        return cls(ranks, {ENDOFTEXT: max(ranks.values()) + 1}, name=path.stem)
 
     def to_tiktoken(self):
         """A ``tiktoken.Encoding`` with this vocabulary, pattern and specials (None if unavailable)."""

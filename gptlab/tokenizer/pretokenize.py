@@ -31,7 +31,9 @@ _GPT2_ASCII = re.compile(
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # A safe cut point is the position right after a non-space that is followed by a space.
 _SAFE_CUT = regex.compile(r"\S(?=\s)")
-_WHITESPACE = frozenset(c for c in map(chr, range(0x3001)) if regex.match(r"\s", c)) | {"\u3000"}
+# One findall over all the characters rather than a match per character: ~50x faster, and this runs
+# on every `gptlab` start-up (the CLI imports the tokenizers).
+_WHITESPACE = frozenset(regex.findall(r"\s", "".join(map(chr, range(0x3001))))) | {"\u3000"}
 
 
 class Pretokenizer:

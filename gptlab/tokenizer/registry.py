@@ -1,28 +1,52 @@
-"""Find a tokenizer by name or file: ``get_tokenizer("gpt2" | "char" | "simple" | PATH)``."""
+"""Find a tokenizer by name or file: ``get_tokenizer("gpt2" | "char" | "simple" | PATH)``.
+
+GPT-2's vocabulary files (:data:`GPT2_FILES`) are listed here, with their addresses and checksums:
+the tokenizer layer owns them, :mod:`gptlab.downloads` fetches them into the cache, and
+:mod:`gptlab.data.registry` lists them among the named data sets (``gptlab data list|fetch``).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from gptlab.downloads import CachedFile, cached_file
 from gptlab.errors import GptlabError
 from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.bpe import BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
+from gptlab.tokenizer.files import read_tokenizer_file
 from gptlab.tokenizer.simple import SimpleTokenizer
+
+_GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M"
+
+# OpenAI's files for GPT-2's BPE, as BPETokenizer.from_gpt2 reads them (one folder, these names).
+GPT2_FILES: tuple[CachedFile, ...] = (
+    CachedFile(
+        "gpt2-encoder",
+        "gpt2/encoder.json",
+        f"{_GPT2_URL}/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        "GPT-2 BPE vocabulary (token -> id)",
+    ),
+    CachedFile(
+        "gpt2-vocab",
+        "gpt2/vocab.bpe",
+        f"{_GPT2_URL}/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        "GPT-2 BPE merges",
+    ),
+)
 
 _GPT2: BPETokenizer | None = None
 
 
 def gpt2_tokenizer() -> BPETokenizer:
-    """GPT-2's tokenizer, its vocabulary files taken from (or downloaded into) the data cache."""
+    """GPT-2's tokenizer, its vocabulary files taken from (or downloaded into) the cache."""
     global _GPT2
     if _GPT2 is None:
-        from gptlab.data.registry import dataset_path
-
-        dataset_path("gpt2-vocab")
-        _GPT2 = BPETokenizer.from_gpt2(dataset_path("gpt2-encoder").parent)
+        paths = [cached_file(f) for f in GPT2_FILES]  # fetched and checked; both in the cache's gpt2/
+        _GPT2 = BPETokenizer.from_gpt2(paths[0].parent)
     return _GPT2
 
 
@@ -49,21 +73,9 @@ def get_tokenizer(name_or_path: str | os.PathLike, corpus: str | None = None) ->
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load any tokenizer file written by gptlab's ``save`` (or a tiktoken ranks file, GPT-2 pattern)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GptlabError(f"{path}: cannot read tokenizer file ({exc.strerror})") from None
-    if raw[:1] != b"{":
-        return _load_tiktoken_ranks(raw, path)
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"{path}: corrupt tokenizer file, not valid JSON ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != "gptlab-tokenizer":
-        raise GptlabError(f"{path}: not a gptlab tokenizer file (no \"format\": \"gptlab-tokenizer\")")
+    path, payload = read_tokenizer_file(path)
+    if isinstance(payload, bytes):
+        return BPETokenizer._from_tiktoken_ranks(payload, path)
     kind = payload.get("type")
     try:
         if kind == "bpe":
@@ -75,20 +87,3 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except (KeyError, TypeError) as exc:
         raise GptlabError(f"{path}: corrupt {kind} tokenizer file (missing or bad field {exc})") from None
     raise GptlabError(f"{path}: unknown tokenizer type {kind!r} (expected bpe, char or simple)")
-
-
-def _load_tiktoken_ranks(raw: bytes, path: Path) -> BPETokenizer:
-    import base64
-
-    ranks: dict[bytes, int] = {}
-    try:
-        for lineno, line in enumerate(raw.decode("ascii").splitlines(), start=1):
-            if not line:
-                continue
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok, validate=True)] = int(rank)
-    except (ValueError, UnicodeDecodeError):
-        raise GptlabError(f"{path}: not a gptlab tokenizer (JSON) or tiktoken ranks file ('base64 rank' lines)") from None
-    from gptlab.tokenizer.base import ENDOFTEXT
-
-    return BPETokenizer(ranks, {ENDOFTEXT: max(ranks.values()) + 1}, name=path.stem)

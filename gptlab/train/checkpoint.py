@@ -9,6 +9,9 @@ A checkpoint is a folder ``checkpoints/step-00001234/`` holding
 
 The folder is written under a temporary name and renamed into place, so a crash (or a full disk)
 mid-write leaves the previous checkpoints intact and never a half-written one under a real name.
+
+This module writes checkpoints; reading them back (listing, weights, training state) is
+:mod:`gptlab.model.run_folder`'s job, so that loading a model does not import the trainer.
 """
 
 from __future__ import annotations
@@ -17,26 +20,15 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gptlab.errors import GptlabError
 from gptlab.io import default_mode
-
-_PREFIX = "step-"
-
-
-@dataclass
-class CheckpointInfo:
-    """Where a checkpoint is and what its meta.json says."""
-
-    path: Path
-    step: int
-    val_loss: float | None
+from gptlab.model.run_folder import CHECKPOINTS, STEP_PREFIX, list_checkpoints
 
 
 def rng_state() -> dict:
@@ -107,9 +99,9 @@ def save_checkpoint(
     so pruning old steps never removes it. ``weights``, when given, is written as the model's
     weights instead of ``model``'s own state dict (a fine-tuning task's merged export).
     """
-    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root = Path(run_dir) / CHECKPOINTS
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"{_PREFIX}{step:08d}"
+    final = ckpt_root / f"{STEP_PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -150,61 +142,3 @@ def save_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old.path, ignore_errors=True)
     return final
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
-    """The run's complete step checkpoints, oldest first (temporary folders are ignored)."""
-    root = Path(run_dir) / "checkpoints"
-    out = []
-    if not root.is_dir():
-        return out
-    for d in root.iterdir():
-        if d.name.startswith(_PREFIX) and (d / "meta.json").is_file():
-            try:
-                meta = json.loads((d / "meta.json").read_text())
-            except ValueError:
-                continue
-            out.append(CheckpointInfo(d, int(meta["step"]), meta.get("val_loss")))
-    return sorted(out, key=lambda c: c.step)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
-    """The newest complete checkpoint of a run, or None."""
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
-
-
-def load_model_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> None:
-    """Load ``model.safetensors`` from a checkpoint folder into ``model`` (shapes must match)."""
-    path = Path(ckpt_dir) / "model.safetensors"
-    if not path.is_file():
-        raise GptlabError(f"{path}: missing (the checkpoint has no weights file)")
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for a damaged file
-        raise GptlabError(f"{path}: cannot read weights, the file is damaged or truncated ({exc})") from None
-    own = model.state_dict()
-    for name, t in tensors.items():
-        if name in own and own[name].shape != t.shape:
-            raise GptlabError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if not _is_tied_or_buffer(model, m)]
-    if missing or unexpected:
-        raise GptlabError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
-def _is_tied_or_buffer(model: torch.nn.Module, name: str) -> bool:
-    params = dict(model.named_parameters(remove_duplicate=False))
-    if name not in params:
-        return True  # a buffer that is recomputed, not saved
-    ptr = params[name].untyped_storage().data_ptr()
-    return any(p.untyped_storage().data_ptr() == ptr and n != name for n, p in params.items())
-
-
-def load_state(ckpt_dir: str | os.PathLike) -> dict:
-    """The training state saved beside the weights (never unpickles code: ``weights_only=True``)."""
-    path = Path(ckpt_dir) / "state.pt"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated zip, an unpickling refusal, ...: all mean "unreadable"
-        raise GptlabError(f"{path}: cannot read training state ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None

@@ -31,15 +31,24 @@ import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text
-from gptlab.outdir import OutDir, is_run_dir
-from gptlab.train import checkpoint as ckpt
+from gptlab.model.config import GPTConfig
+from gptlab.model.device import autocast, pick_device, use_bf16
+from gptlab.model.run_folder import (
+    CONFIG_FILE, latest_checkpoint, list_checkpoints, load_model_weights, load_state, read_run_config,
+)
+from gptlab.outdir import RUN_FORMAT, OutDir, is_run_dir
 from gptlab.train.batches import EpochWindows, RandomWindows, eval_windows
-from gptlab.train.config import STOP_KEYS, TrainConfig, config_from_dict, parse_duration
+from gptlab.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gptlab.train.config import STOP_KEYS, TrainConfig, config_from_dict, load_config_file, parse_duration
 from gptlab.train.distributed import DistInfo, all_reduce_mean, broadcast_flag, init_distributed, shutdown
+from gptlab.train.flops import flops_per_token, peak_flops
 from gptlab.train.metrics import MetricsLog, plot_curves
 from gptlab.train.optim import make_adamw
 from gptlab.train.schedule import lr_at
 from gptlab.train.task import TrainTask, load_trainable_state, trainable_state
+
+# The data pipeline, the tokenizers and the model class are imported where they are used: `gptlab --help`
+# imports this module (through gptlab.train's exports) and needs none of them.
 
 # Settings that define *what* is trained; a resume must not change them (stop conditions, evaluation
 # cadence and hardware may change).
@@ -85,8 +94,6 @@ def resolve_run_config(
     """
     values: dict[str, Any] = {}
     if config_file:
-        from gptlab.train.config import load_config_file
-
         values.update(load_config_file(config_file))
         config_from_dict(values, source=str(config_file))  # report unknown keys against the file
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -95,14 +102,11 @@ def resolve_run_config(
         cfg.validate()
         return cfg, None
     run_dir = Path(resume)
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        raise GptlabError(f"{run_dir}: not a gptlab run folder (no config.json); cannot resume")
     try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))["train"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GptlabError(f"{saved_path}: corrupt run config ({exc})") from None
-    cfg = config_from_dict(saved, source=str(saved_path))
+        saved = read_run_config(run_dir)
+    except GptlabError as exc:
+        raise GptlabError(f"{exc}; cannot resume") from None
+    cfg = config_from_dict(saved.train, source=str(saved.path))
     if any(values.get(k) for k in STOP_KEYS):
         # New stop conditions replace the saved ones: `--resume RUN --max-steps 800` must not still stop
         # at the first run's time budget. Every stop condition counts over the whole run.
@@ -118,30 +122,6 @@ def resolve_run_config(
     cfg.out = str(run_dir)
     cfg.validate()
     return cfg, run_dir
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA if available, else CPU (MPS only when asked for)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptlabError(f"unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GptlabError("device 'cuda' was asked for, but this machine has no usable CUDA GPU")
-    return device
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products are fast here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(cpu, c, lambda: False)() for c in checks)
-    return False
 
 
 # --------------------------------------------------------------------------- data
@@ -213,12 +193,15 @@ def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]
 # --------------------------------------------------------------------------- the run
 
 
-class _Run:
-    """State of one training process (one rank). Use :func:`pretrain`."""
+class TrainingRun:
+    """State of one training process (one rank): set up by :func:`pretrain`, which is how to start one.
+
+    Public so that tests and tools can reach its steps (``_train_step``) to interrupt or instrument a run.
+    """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path | None, resuming: bool, progress: bool, log,
                  task: TrainTask | None = None):
-        from gptlab.model import GPT, GPTConfig
+        from gptlab.model.gpt import GPT
 
         self.cfg = cfg
         self.task = task
@@ -296,10 +279,8 @@ class _Run:
             )
 
         self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(self.device))
-        self.autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if self.use_bf16 else nullcontext
-        )
+        self.use_bf16 = use_bf16(cfg.precision, self.device)
+        self.autocast = lambda: autocast(self.device, self.use_bf16)
         self.train_model = self.model
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -349,7 +330,7 @@ class _Run:
             self.tokenizer.save(self.run_dir / "tokenizer.json")
             tok_ref = {"file": "tokenizer.json"}
         payload = {
-            "format": "gptlab-run",
+            "format": RUN_FORMAT,
             "version": 1,
             "train": self.cfg.to_dict(),
             "model": self.model_cfg.to_dict(),
@@ -361,14 +342,14 @@ class _Run:
         }
         if self.task is not None:
             payload["task"] = {"name": self.task.name, **self.task.run_info}
-        atomic_write_text(self.run_dir / "config.json", json.dumps(payload, indent=2))
+        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(payload, indent=2))
 
     def _restore(self) -> None:
-        saved = json.loads((self.run_dir / "config.json").read_text())
-        if saved.get("model") != self.model_cfg.to_dict():
+        saved = read_run_config(self.run_dir)
+        if saved.model != self.model_cfg:
             raise GptlabError(f"cannot resume {self.run_dir}: its model config differs from this command's")
-        if saved.get("world_size", 1) != self.info.world_size and self.cfg.sampling == "random":
-            self.log(f"note: resuming a {saved.get('world_size')}-process run on {self.info.world_size}; "
+        if saved.world_size != self.info.world_size and self.cfg.sampling == "random":
+            self.log(f"note: resuming a {saved.world_size}-process run on {self.info.world_size}; "
                      f"the data order will differ from the original")
         state = self._load_newest_good_checkpoint()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -383,7 +364,7 @@ class _Run:
             # (re-planned from measured steps shortly after), instead of stopping at the old plan.
             per_step = self.elapsed / max(self.step, 1)
             self.total_steps = self.step + max(1, int((budget - self.elapsed) / per_step * 0.95))
-        ckpt.set_rng_state(state["rng"][min(self.info.rank, len(state["rng"]) - 1)])
+        set_rng_state(state["rng"][min(self.info.rank, len(state["rng"]) - 1)])
         if self.info.is_main:
             self.metrics.truncate_after(self.step)
         self.log(f"resumed {self.run_dir} at step {self.step} ({self.tokens:,} tokens)")
@@ -394,19 +375,19 @@ class _Run:
         A damaged newest checkpoint (a truncated file after a crash or a full disk) is skipped, saying
         so, and the one before it is used: losing a few steps beats not resuming at all.
         """
-        checkpoints = ckpt.list_checkpoints(self.run_dir)
+        checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             raise GptlabError(f"{self.run_dir}: no complete checkpoint to resume from")
         problems = []
         for candidate in reversed(checkpoints):
             try:
-                state = ckpt.load_state(candidate.path)
+                state = load_state(candidate.path)
                 if self.task is not None and self.task.export_weights is not None:
                     # model.safetensors holds exported (e.g. merged) weights; the base comes from
                     # build_model() and only the trainable tensors were saved, so resuming is exact.
                     load_trainable_state(self.model, state["trainable"])
                 else:
-                    ckpt.load_model_weights(self.model, candidate.path)
+                    load_model_weights(self.model, candidate.path)
             except (GptlabError, KeyError) as exc:
                 problems.append(f"{candidate.path.name}: {exc}")
                 note = ""
@@ -516,7 +497,7 @@ class _Run:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "sampler": self._gather_objects(self.sampler.state_dict()),
-            "rng": self._gather_objects(ckpt.rng_state()),
+            "rng": self._gather_objects(rng_state()),
             "step": self.step,
             "tokens": self.tokens,
             "elapsed": self.elapsed,
@@ -529,8 +510,8 @@ class _Run:
             weights = self.task.export_weights(self.model)
         if self.info.is_main:
             meta = {"tokens": self.tokens, "val_loss": val_loss, "elapsed": round(self.elapsed, 3)}
-            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, meta, self.cfg.keep_last, best=best,
-                                 weights=weights)
+            save_checkpoint(self.run_dir, self.step, self.model, state, meta, self.cfg.keep_last, best=best,
+                            weights=weights)
 
     def _gather_objects(self, obj) -> list:
         """Every rank's copy of ``obj`` (rank order), so a resumed rank gets back exactly its own."""
@@ -609,7 +590,7 @@ class _Run:
             if bar is not None:
                 bar.close()
                 bar = None
-            latest = ckpt.latest_checkpoint(self.run_dir)
+            latest = latest_checkpoint(self.run_dir)
             if self.step and (latest is None or latest.step != self.step):
                 self.log(f"interrupted at step {self.step}: saving a checkpoint to resume from")
                 self._save(None)
@@ -683,8 +664,6 @@ class _Run:
         """
         if self.elapsed <= 0:
             return None
-        from gptlab.train.flops import flops_per_token, peak_flops
-
         peak = peak_flops(self.device, self.use_bf16)
         if not peak:
             return None
@@ -714,7 +693,7 @@ def pretrain(
     if resume is not None:
         if task is not None and not isinstance(task, TrainTask):
             task = task(Path(resume))
-        run = _Run(cfg, Path(resume), True, progress, log, task)
+        run = TrainingRun(cfg, Path(resume), True, progress, log, task)
         return run.run(on_eval)
     cfg.with_default_stop()
     if task is None:
@@ -731,7 +710,7 @@ def pretrain(
         # folder behind; from the first step on, the run folder is the user's and is kept whatever happens.
         if task is not None and not isinstance(task, TrainTask):
             task = task(run_dir)
-        run = _Run(cfg, run_dir, False, progress, log, task)
+        run = TrainingRun(cfg, run_dir, False, progress, log, task)
     return run.run(on_eval)
 
 
@@ -740,8 +719,6 @@ def check_settings(cfg: TrainConfig) -> None:
 
     Everything here is known before the data is read, so a typo fails at once.
     """
-    from gptlab.model import GPTConfig
-
     model_cfg = GPTConfig.from_preset(cfg.preset, **cfg.model)
     if cfg.block_size > model_cfg.context_length:
         raise GptlabError(f"block_size {cfg.block_size} exceeds the model's context_length {model_cfg.context_length}")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.finetune.classify.baseline import TfidfLogReg, accuracy
 from gptlab.finetune.classify.data import balanced_split, read_sms_spam
 
@@ -50,14 +50,11 @@ def test_default_base_is_pretrained_once_and_keeps_stdout_clean(tmp_path, monkey
     """Without --model the recipe's base is pretrained into runs/classify-base; its log must not reach
     stdout (where --json prints), and a second call reuses it."""
     from gptlab.bench import classify as bench
-    from gptlab.train.run_dir import is_run_dir
+    from gptlab.outdir import is_run_dir
 
     monkeypatch.chdir(tmp_path)
-    small = [a for a in bench.PRETRAIN_ARGS]
-    small[small.index("bpe:8192")] = "bpe:300"
-    small[small.index("--max-steps") + 1] = "2"
-    small[small.index("--batch-size") + 1] = "2"
-    monkeypatch.setattr(bench, "PRETRAIN_ARGS", small)
+    small = dict(bench.PRETRAIN_SETTINGS, tokenizer="bpe:300", max_steps=2, batch_size=2)
+    monkeypatch.setattr(bench, "PRETRAIN_SETTINGS", small)
     monkeypatch.setattr(bench, "PRETRAIN_CORPUS", ("the-verdict",))
     logged: list[str] = []
     path = bench._default_base(logged.append)

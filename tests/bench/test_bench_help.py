@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptlab.cli import main
-from gptlab.cli.bench_cmds import plain_text
+from gptlab.app import main
+from gptlab.bench.commands import plain_text
 
 
 @pytest.mark.parametrize("text, expected", [

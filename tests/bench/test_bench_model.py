@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptlab.bench.model import Result, _interleaved, format_table
+from gptlab.bench.report import Result, format_table, interleaved
 
 
 def test_contenders_alternate_after_warmup():
@@ -15,7 +15,7 @@ def test_contenders_alternate_after_warmup():
 
         return run
 
-    samples = _interleaved({"a": make("a", 1.0), "b": make("b", 2.0)}, repeats=3, warmup=1)
+    samples = interleaved({"a": make("a", 1.0), "b": make("b", 2.0)}, repeats=3, warmup=1)
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert samples == {"a": [1.0] * 3, "b": [2.0] * 3}
 

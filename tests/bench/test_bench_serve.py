@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gptlab.bench.serve import TARGET, run_benchmark
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.errors import GptlabError
 
 

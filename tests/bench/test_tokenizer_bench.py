@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gptlab.bench.tokenizer import format_table, run_tokenizer_bench
-from gptlab.cli import main
+from gptlab.app import main
 
 
 @pytest.fixture(autouse=True)

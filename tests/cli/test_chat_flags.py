@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptlab.cli import main
+from gptlab.app import main
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -7,10 +7,8 @@ import os
 import random
 
 import pytest
-import torch
 
-from gptlab.cli import main
-from gptlab.model import GPT, GPTConfig
+from gptlab.app import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -19,14 +17,12 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def tiny_base(path, seed=0) -> str:
-    torch.manual_seed(seed)
-    GPT(GPTConfig(context_length=64, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)).save_pretrained(path)
-    return str(path)
+# The classifier tests' base: GPT-2's vocabulary, 16 wide, untied, no query/key/value bias.
+TINY_BASE = dict(emb_dim=16, qkv_bias=False, tie_weights=False)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_gpt_folder):
     d = tmp_path_factory.mktemp("cls")
     rng = random.Random(0)
     rows = []
@@ -40,8 +36,8 @@ def files(tmp_path_factory):
     (d / "unknown.tsv").write_text("text\tlabel\nsuperb\tyes\nmeh\tmaybe\n")
     (d / "empty.jsonl").write_text(json.dumps({"text": "fine", "label": "yes"}) + "\n" + json.dumps({"text": "", "label": "no"}) + "\n")
     (d / "texts.txt").write_text("it was superb\nso broken\n")
-    base = tiny_base(d / "base")
-    other = tiny_base(d / "other", seed=1)
+    base = tiny_gpt_folder(d / "base", **TINY_BASE)
+    other = tiny_gpt_folder(d / "other", seed=1, **TINY_BASE)
     return d, base, other
 
 
@@ -209,7 +205,7 @@ def test_failed_run_leaves_nothing_and_restores_a_replaced_folder(files, capsys,
     def broken_fit(*args, **kwargs):
         raise GptlabError("the first epoch failed")
 
-    monkeypatch.setattr(train_mod, "_fit", broken_fit)
+    monkeypatch.setattr(train_mod, "fit_member", broken_fit)
     code, _, err = run(capsys, "classify", "train", "--data", d / "reviews.csv", "--model", base, "--out", new, *QUICK)
     assert code == 2 and "the first epoch failed" in err and not new.exists()
     code, _, err = run(capsys, "classify", "train", "--data", d / "reviews.csv", "--model", base, "--out", old,

@@ -1,4 +1,4 @@
-"""The data verbs through gptlab.cli.main: outputs, --json, and one-line errors with exit code 2."""
+"""The data verbs through gptlab.app.main: outputs, --json, and one-line errors with exit code 2."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from gptlab.cli import main
+from gptlab.app import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

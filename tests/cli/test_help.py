@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from gptlab.cli import build_parser, main
+from gptlab.app import build_parser, main
 
 # What --help must never show: an unformatted percent escape, or reST markup copied from a docstring.
 _RAW = ("%%", "``", ":func:", ":class:", ":mod:", ":meth:", ":attr:", ":data:")

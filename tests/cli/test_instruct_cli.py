@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.model import GPT, GPTConfig
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from gptlab.cli import main
+from gptlab.app import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import torch
 
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.model import GPT, GPTConfig
 
 TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2, tie_weights=True)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.tokenizer import BPETokenizer, load_tokenizer
 
 EOT = "<|endoftext|>"

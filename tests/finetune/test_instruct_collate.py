@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gptlab.data.prompts import ALPACA
 from gptlab.finetune.instruct.collate import InstructBatches, collate, encode_example, fixed_batches
-from gptlab.finetune.prompts import ALPACA
 from gptlab.tokenizer import get_tokenizer
 
 PAD = 50256

@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from gptlab.data.prompts import ALPACA, PHI3, PromptStyle, save_style
 from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.generate import generate_answers, generate_responses, style_for_model
-from gptlab.finetune.prompts import ALPACA, PHI3, PromptStyle, save_style
-from gptlab.model import GPT, GPTConfig
 from gptlab.model.load import load_model
-from gptlab.tokenizer import get_tokenizer
 
 ENTRIES = [
     {"instruction": "Name a color.", "input": "", "output": "Blue."},
@@ -25,13 +22,8 @@ ENTRIES = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    cfg = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
-                    qkv_bias=True, tie_weights=True)
-    path = tmp_path_factory.mktemp("gen-model")
-    GPT(cfg).save_pretrained(path)
-    return path
+def model_dir(tmp_path_factory, tiny_gpt_folder):
+    return Path(tiny_gpt_folder(tmp_path_factory.mktemp("gen-model"), seed=1, context_length=128))
 
 
 def reference_answer(model, tok, style, entry, max_new):
@@ -47,14 +39,14 @@ def test_batched_equals_one_at_a_time(tmp_path, model_dir):
                                  log=lambda m: None)
     assert summary == {"out": str(out), "total": 5, "resumed": 0, "generated": 5}
     got = json.loads(out.read_text())
-    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    model, tok = load_model(model_dir)
     for entry, result in zip(ENTRIES, got):
         assert {k: result[k] for k in entry} == entry  # the reference stays beside the answer
         assert result["model_response"] == reference_answer(model, tok, ALPACA, entry, 12)[0]
 
 
 def test_cut_at_the_next_prompt_marker(model_dir):
-    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    model, tok = load_model(model_dir)
     style = PromptStyle("t", "Q: {instruction}\nA:", "Q: {instruction}\nA:", ())
     _, full = reference_answer(model, tok, style, {"instruction": "Name a color.", "input": ""}, 10)
     assert len(full.strip()) > 8
@@ -106,7 +98,7 @@ def test_bad_generation_settings(tmp_path, model_dir):
 
 def test_prompt_and_answer_longer_than_the_context(model_dir):
     # 128-token context: a ~110-token prompt and 40 new tokens slide through the window, as in the book.
-    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    model, tok = load_model(model_dir)
     prompt = ALPACA.format("Repeat: " + "word " * 80)
     assert 100 < len(tok.encode_ordinary(prompt)) < 128
     answers = generate_answers(model, tok, PromptStyle("none", "{instruction}", "{instruction}", ()), [prompt, "Hi"],
@@ -116,7 +108,7 @@ def test_prompt_and_answer_longer_than_the_context(model_dir):
 
 def test_seeded_sampling_does_not_depend_on_the_batch(model_dir):
     """Each prompt samples from its own generator seeded with `seed`: alone or at any batch position, same answer."""
-    model, tok = load_model(model_dir), get_tokenizer("gpt2")
+    model, tok = load_model(model_dir)
     prompts = [ALPACA.format(e["instruction"], e["input"]) for e in ENTRIES]
     options = dict(max_new_tokens=10, temperature=1.0, top_k=50, seed=7)
     alone = generate_answers(model, tok, ALPACA, [prompts[0]], **options)[0]

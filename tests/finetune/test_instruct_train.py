@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from gptlab.data.prompts import ALPACA, load_style
 from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.collate import encode_example, fixed_batches
 from gptlab.finetune.instruct.train import InstructConfig, finetune, instruct_train_config, resume_finetune
-from gptlab.finetune.prompts import ALPACA, load_style
-from gptlab.model import GPT, GPTConfig
 from gptlab.model.load import load_model
 from gptlab.tokenizer import get_tokenizer
 
@@ -21,14 +20,9 @@ WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "forest"
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
+def base_model(tmp_path_factory, tiny_gpt_folder):
     """A tiny random GPT with GPT-2's vocabulary, saved in the Hugging Face format."""
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
-                    qkv_bias=True, tie_weights=True)
-    path = tmp_path_factory.mktemp("base")
-    GPT(cfg).save_pretrained(path)
-    return str(path)
+    return tiny_gpt_folder(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def test_run_folder_loads_and_validation_loss_falls(tmp_path, base_model, data_f
     assert load_style(run) == ALPACA
     assert len(json.loads((run / "data" / "test.json").read_text())) == 4
     assert (run / "loss.png").is_file()
-    tuned, base = load_model(run), load_model(base_model)
+    (tuned, _), (base, _) = load_model(run), load_model(base_model)
     assert not torch.equal(tuned.blocks[0].att.qkv.weight, base.blocks[0].att.qkv.weight)
 
 
@@ -76,7 +70,7 @@ def test_step0_val_loss_is_the_mean_over_answer_tokens(tmp_path, base_model, dat
     result = finetune(icfg, _cfg(tmp_path, "masked", max_steps=1, eval_interval=1), progress=False, log=quiet)
     val = json.loads((result.run_dir / "data" / "val.json").read_text())
     tok = get_tokenizer("gpt2")
-    model = load_model(base_model).float()
+    model = load_model(base_model)[0].float()
     total = count = 0
     for x, y in fixed_batches([encode_example(tok, ALPACA, e) for e in val], 4, tok.eot_id, mask_prompt=True):
         logits = model(x)
@@ -106,7 +100,7 @@ def test_lora_run_exports_merged_weights_and_adapter(tmp_path, base_model, data_
     run = result.run_dir
     weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
     assert not any("lora_" in k for k in weights)  # plain names: loads like any run
-    tuned, base = load_model(run), load_model(base_model)
+    (tuned, _), (base, _) = load_model(run), load_model(base_model)
     assert torch.equal(tuned.tok_emb.weight, base.tok_emb.weight)  # frozen, not a LoRA target
     assert not torch.equal(tuned.blocks[1].ff.fc.weight, base.blocks[1].ff.fc.weight)
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+# transformers (the dev extra) is the reference only some model tests compare against: those skip
+# without it (through the fixtures below); the rest of tests/model runs anyway.
 
 # Two small configs: different widths/depths/contexts, one saved with the "transformer." prefix
 # (GPT2LMHeadModel) and one without (GPT2Model, whose head is tied to the embedding).
@@ -19,7 +20,8 @@ HF_CONFIGS = {
 
 def make_hf_model(kind: str, seed: int = 0):
     """A random-weight transformers GPT-2 in eval mode, biases and LayerNorms randomised too."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = pytest.importorskip("transformers")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(**HF_CONFIGS[kind], bos_token_id=None, eos_token_id=None)).eval()

@@ -70,7 +70,7 @@ def test_batched_padded_generation_matches_transformers(hf_checkpoint):
 
 
 def test_export_loads_into_transformers_with_same_logits(hf_checkpoint, tmp_path):
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = pytest.importorskip("transformers").GPT2LMHeadModel  # the reference
 
     folder, hf = hf_checkpoint
     ours = GPT.from_pretrained(folder)
@@ -84,7 +84,7 @@ def test_export_loads_into_transformers_with_same_logits(hf_checkpoint, tmp_path
 @pytest.mark.parametrize("qkv_bias,tie", [(False, False), (True, False), (False, True)])
 def test_round_trip_of_a_gptlab_model(tmp_path, qkv_bias, tie):
     """A model gptlab trains (book layout: no qkv bias, untied) survives save -> transformers -> load."""
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = pytest.importorskip("transformers").GPT2LMHeadModel  # the reference
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=2, n_layers=2, qkv_bias=qkv_bias, tie_weights=tie)
@@ -223,7 +223,7 @@ def test_unsupported_config_and_missing_files(checkpoint_copy, tmp_path_factory)
 
 def test_exact_gelu_round_trips_through_transformers(tmp_path):
     """activation="gelu" (exact erf) exports as HF's "gelu" and matches transformers' logits both ways."""
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = pytest.importorskip("transformers").GPT2LMHeadModel  # the reference
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=97, context_length=32, emb_dim=48, n_heads=4, n_layers=2, qkv_bias=True,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
+from gptlab.data.prompts import ALPACA, PromptStyle, save_style
 from gptlab.errors import GptlabError
 from gptlab.serve.chat_format import PlainChat, chat_format_for
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"}]
+
+# The book's Alpaca prompt for an instruction without input, written out: not computed by the code under test.
+ALPACA_COLOUR = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\nName a colour.\n\n### Response:\n"
+)
 
 
 def test_plain_format():
@@ -22,19 +27,27 @@ def test_plain_format():
 
 
 def test_a_saved_style_is_used(tmp_path):
-    prompts = pytest.importorskip("gptlab.finetune.prompts")
     assert isinstance(chat_format_for(tmp_path), PlainChat)  # no prompt_style.json: plain
-    prompts.save_style(prompts.get_style("alpaca"), tmp_path)
+    save_style(ALPACA, tmp_path)
     fmt = chat_format_for(tmp_path)
-    assert fmt.name == "alpaca" and "### Instruction:" in fmt.stop
-    text = fmt.format_chat([{"role": "user", "content": "Name a colour."}])
-    assert text == prompts.get_style("alpaca").format("Name a colour.")
-    assert chat_format_for(tmp_path, "phi3").format_chat([{"role": "user", "content": "x"}]).endswith("<|assistant|>\n")
+    assert fmt == ALPACA and "### Instruction:" in fmt.stop
+    assert fmt.format_chat([{"role": "user", "content": "Name a colour."}]) == ALPACA_COLOUR
+    assert chat_format_for(tmp_path, "phi3").format_chat([{"role": "user", "content": "x"}]) == "<|user|>\nx\n<|assistant|>\n"
     assert isinstance(chat_format_for(tmp_path, "plain"), PlainChat)
 
 
-def test_works_without_the_prompts_module(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gptlab.finetune.prompts", None)  # import now raises ImportError
-    assert isinstance(chat_format_for(tmp_path), PlainChat)
-    with pytest.raises(GptlabError, match="need gptlab.finetune.prompts"):
-        chat_format_for(tmp_path, "alpaca")
+def test_a_saved_custom_style_formats_the_whole_chat(tmp_path):
+    save_style(PromptStyle("qa", "Q: {instruction}\n{input}\nA:", "Q: {instruction}\nA:", ("Q:",), "\n"), tmp_path)
+    fmt = chat_format_for(tmp_path)
+    assert fmt.name == "qa" and fmt.stop == ("Q:",)
+    assert fmt.format_chat(MESSAGES) == "Be brief.\n\nQ: Hi\nA:Hello!\nQ: Why?\nA:"
+
+
+def test_a_model_that_is_not_a_folder_gets_the_plain_format(tmp_path):
+    assert isinstance(chat_format_for(None), PlainChat)
+    assert isinstance(chat_format_for(tmp_path / "missing"), PlainChat)
+
+
+def test_a_bad_style_is_one_error_naming_the_flag(tmp_path):
+    with pytest.raises(GptlabError, match="--style 'no-such-style'"):
+        chat_format_for(tmp_path, "no-such-style")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.serve.engine import Engine, SamplingParams, wait_until
+from gptlab.model.generate import SamplingConfig
+from gptlab.serve.engine import ContextLengthExceeded, Engine, SamplingParams, check_fits, wait_until
 from gptlab.serve.slots import SlotCache
 from gptlab.serve.text import TextStream
 
@@ -121,6 +122,27 @@ def test_requests_that_do_not_fit_are_refused(model, gpt2_tok):
         engine.submit([], SamplingParams(max_tokens=1))
     with pytest.raises(GptlabError, match="max_batch"):
         Engine(model, gpt2_tok, max_batch=0)
+
+
+def test_the_fit_check_counts_prompt_and_completion():
+    check_fits(90, 6, 96)  # exactly the context: fits
+    check_fits(1, 95, 96)
+    with pytest.raises(ContextLengthExceeded) as info:
+        check_fits(90, 7, 96)
+    assert isinstance(info.value, GptlabError)
+    assert (info.value.n_prompt, info.value.max_tokens, info.value.context_length) == (90, 7, 96)
+    assert str(info.value) == ("This model's maximum context length is 96 tokens. However, you requested 97 tokens "
+                               "(90 in the prompt, 7 for the completion). Please reduce the length of the prompt "
+                               "or max_tokens.")
+    with pytest.raises(ContextLengthExceeded):
+        check_fits(97, 0, 96)
+
+
+def test_sampling_params_are_sampling_settings_with_openai_defaults():
+    params = SamplingParams(max_tokens=5, seed=3)
+    assert isinstance(params, SamplingConfig)
+    assert (params.temperature, params.top_k, params.top_p, params.seed) == (1.0, None, 1.0, 3)
+    assert (params.max_tokens, params.stop, params.ignore_eos) == (5, (), False)
 
 
 def test_slot_cache_moves_rows_and_keeps_masks():

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptlab.errors import GptlabError
-from gptlab.tokenizer import BPETokenizer, get_tokenizer, load_tokenizer
+from gptlab.tokenizer import BPETokenizer, CharTokenizer, get_tokenizer, load_tokenizer
 
 EOT = "<|endoftext|>"
 
@@ -240,6 +240,18 @@ def test_corrupt_saved_tokenizer(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(GptlabError, match="not valid JSON"):
         load_tokenizer(bad)
+
+
+def test_bpe_load_reads_only_bpe_files(tmp_path):
+    # BPETokenizer.load reads files itself (gptlab.tokenizer.files), without the registry's dispatch.
+    CharTokenizer.from_text("abc").save(tmp_path / "c.json")
+    with pytest.raises(GptlabError, match=r"c.json: holds a char tokenizer, not a BPE tokenizer"):
+        BPETokenizer.load(tmp_path / "c.json")
+    (tmp_path / "empty.tiktoken").write_bytes(b"")  # no ranks at all: an error, not a traceback
+    with pytest.raises(GptlabError, match="empty.tiktoken: not a gptlab tokenizer .* or tiktoken ranks file"):
+        BPETokenizer.load(tmp_path / "empty.tiktoken")
+    with pytest.raises(GptlabError, match="cannot read tokenizer file"):
+        BPETokenizer.load(tmp_path / "missing.json")
 
 
 def test_vocabulary_missing_single_bytes_is_rejected():

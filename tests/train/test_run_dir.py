@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptlab.cli import main
+from gptlab.app import main
 from gptlab.errors import GptlabError
 from gptlab.train import TrainConfig, pretrain
-from gptlab.train.run_dir import checkpoint_dir, load_run
+from gptlab.model.run_folder import checkpoint_dir, load_run
 
 
 @pytest.fixture(scope="module")

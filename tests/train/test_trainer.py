@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from gptlab.errors import GptlabError
+from gptlab.model.run_folder import latest_checkpoint
 from gptlab.train import TrainConfig, pretrain, resolve_run_config
 from gptlab.train import checkpoint as ckpt
-from gptlab.train.trainer import _Run
+from gptlab.train.trainer import TrainingRun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def small_cfg(out: Path, **changes) -> TrainConfig:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt.latest_checkpoint(run_dir).path / "model.safetensors"))
+    return load_file(str(latest_checkpoint(run_dir).path / "model.safetensors"))
 
 
 def losses(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -56,18 +57,18 @@ def test_interrupt_at_arbitrary_step_then_resume_is_exact(tmp_path, monkeypatch)
     full = pretrain(small_cfg(tmp_path / "full", max_steps=12, eval_interval=4), progress=False, log=lambda m: None)
     assert full.step == 12
 
-    original = _Run._train_step
+    original = TrainingRun._train_step
 
     def interrupt_at_7(self, lr):
         if self.step == 7:
             raise KeyboardInterrupt
         return original(self, lr)
 
-    monkeypatch.setattr(_Run, "_train_step", interrupt_at_7)
+    monkeypatch.setattr(TrainingRun, "_train_step", interrupt_at_7)
     part = pretrain(small_cfg(tmp_path / "part", max_steps=12, eval_interval=4), progress=False, log=lambda m: None)
     assert part.stopped_by == "interrupted" and part.step == 7
-    assert ckpt.latest_checkpoint(tmp_path / "part").step == 7
-    monkeypatch.setattr(_Run, "_train_step", original)
+    assert latest_checkpoint(tmp_path / "part").step == 7
+    monkeypatch.setattr(TrainingRun, "_train_step", original)
 
     cfg, run_dir = resolve_run_config({}, None, str(tmp_path / "part"))
     resumed = pretrain(cfg, resume=run_dir, progress=False, log=lambda m: None)
@@ -113,7 +114,7 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = ckpt.latest_checkpoint(tmp_path / "killed")
+    killed_at = latest_checkpoint(tmp_path / "killed")
     assert killed_at is not None and killed_at.step < steps, "the run finished before it could be killed"
 
     subprocess.run(_cli("--resume", str(tmp_path / "killed"), "--no-progress"), check=True, env=_env(), cwd=REPO,
@@ -208,7 +209,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(GPT, "forward", poisoned)
     with pytest.raises(GptlabError, match=r"nan at step 7.*checkpoint"):
         pretrain(small_cfg(tmp_path / "n", max_steps=20, eval_interval=3), progress=False, log=lambda m: None)
-    latest = ckpt.latest_checkpoint(tmp_path / "n")
+    latest = latest_checkpoint(tmp_path / "n")
     assert latest.step == 6
     for t in final_weights(tmp_path / "n").values():
         assert torch.isfinite(t).all()
@@ -226,7 +227,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg, run_dir = resolve_run_config({"max_steps": 8}, None, str(run))
     with pytest.raises(GptlabError, match="No space left.*intact"):
         pretrain(cfg, resume=run_dir, progress=False, log=lambda m: None)
-    assert ckpt.latest_checkpoint(run).step == 4
+    assert latest_checkpoint(run).step == 4
     assert_same_weights(before, final_weights(run))
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 

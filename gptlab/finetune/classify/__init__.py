@@ -1,5 +1,6 @@
 """Fine-tuning a GPT for text classification (the book's chapter 6): data, model, training, metrics."""
 
+from gptlab.finetune.classify.config import ClassifyConfig
 from gptlab.finetune.classify.data import (
     DataSpec,
     LabeledTexts,
@@ -11,7 +12,8 @@ from gptlab.finetune.classify.data import (
 )
 from gptlab.finetune.classify.metrics import classification_metrics
 from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier, pad_batch, set_trainable
-from gptlab.finetune.classify.train import ClassifyConfig, load_classifier, train_classifier
+from gptlab.finetune.classify.store import load_classifier
+from gptlab.finetune.classify.train import train_classifier
 
 __all__ = [
     "ClassifyConfig",

@@ -135,7 +135,7 @@ def _load_member(directory: Path, meta: dict[str, Any], n_classes: int, base: st
         from gptlab.finetune.lora import load_adapter
         from gptlab.model.load import load_model
 
-        gpt = load_model(base or meta["base"])
+        gpt, _ = load_model(base or meta["base"])
         model = GPTClassifier(gpt, n_classes)
         path = directory / "head.safetensors"
         try:
@@ -151,7 +151,7 @@ def _load_member(directory: Path, meta: dict[str, Any], n_classes: int, base: st
     model = GPTClassifier(gpt, n_classes)
     # The classifier's weights are the GPT's (head included) under the same names: the checkpoint
     # loader's shape and completeness checks apply as they are.
-    from gptlab.train.checkpoint import load_model_weights
+    from gptlab.model.run_folder import load_model_weights
 
     load_model_weights(gpt, directory)
     return model

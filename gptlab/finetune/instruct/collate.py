@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from gptlab.data.prompts import PromptStyle
 from gptlab.errors import GptlabError
-from gptlab.finetune.prompts import PromptStyle
 
 IGNORE_INDEX = -100
 

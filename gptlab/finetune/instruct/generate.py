@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 import torch
 
+from gptlab.data.prompts import ALPACA, PromptStyle, get_style, load_style
 from gptlab.errors import GptlabError
-from gptlab.finetune.prompts import ALPACA, PromptStyle, get_style, load_style
 from gptlab.io import atomic_write_text
+from gptlab.model.generate import SamplingConfig, stream_generate
 
 RESPONSE_FIELD = "model_response"
 # How often (in new tokens) the decoded answers are checked for a stop marker; checking decodes text,
@@ -59,13 +60,12 @@ def generate_answers(
     (the model sees the last ``context_length`` tokens). With ``temperature`` > 0 and a ``seed``, each
     prompt samples from its own generator seeded with ``seed``: its answer is the same in any batch.
     """
-    from gptlab.model.generate import stream_generate
-
     eos = tokenizer.eot_id
     ids = [tokenizer.encode_ordinary(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    steps = stream_generate(model, ids, max_new_tokens, temperature, top_k, None, eos, seed=seed)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, seed=seed)
+    steps = stream_generate(model, ids, max_new_tokens, eos_id=eos, sampling=sampling)
     for count, tokens in enumerate(steps, 1):
         for row, tok in enumerate(tokens.tolist()):
             if done[row]:
@@ -192,15 +192,14 @@ def generate_responses(
     ``data_path`` is the file the entries came from: never written, even when ``out`` names it.
     Settings, ``out`` and the place it goes to are checked before the model is loaded.
     """
-    from gptlab.model.generate import check_sampling
-    from gptlab.model.load import load_model, tokenizer_for
-    from gptlab.train.trainer import pick_device
+    from gptlab.model.device import pick_device
+    from gptlab.model.load import load_model
 
     if batch_size <= 0:
         raise GptlabError(f"--batch-size must be positive, got {batch_size}")
     if max_new_tokens <= 0:
         raise GptlabError(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    check_sampling(temperature, top_k, None, max_new_tokens, flags=True)
+    SamplingConfig(temperature=temperature, top_k=top_k, seed=seed).check(max_new_tokens, flags=True)
     out = Path(out).expanduser()
     previous = _check_out(out, overwrite, Path(data_path).expanduser() if data_path is not None else None)
     results = [dict(e) for e in entries]
@@ -217,8 +216,7 @@ def generate_responses(
         _write(out, results)
         return summary
 
-    model = load_model(model_spec, dtype=dtype)
-    tokenizer = tokenizer_for(model_spec, model)
+    model, tokenizer = load_model(model_spec, dtype=dtype)
     model = model.to(pick_device(device)).eval()
     prompt_style = style_for_model(model_spec, style)
     prompts = {i: prompt_style.format(results[i]["instruction"], results[i].get("input") or "") for i in pending}

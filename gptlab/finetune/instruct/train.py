@@ -20,13 +20,16 @@ from typing import Any, Callable
 
 import torch
 
+from gptlab.data.prompts import get_style, save_style
 from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.collate import InstructBatches, encode_example, fixed_batches
 from gptlab.finetune.instruct.data import SPLITS, load_examples, split_examples
-from gptlab.finetune.prompts import get_style, save_style
 from gptlab.io import atomic_write_text
+from gptlab.model.dropout import set_dropout
+from gptlab.model.load import load_model
+from gptlab.model.run_folder import checkpoint_dir, load_state, read_run_config
 from gptlab.train.config import TrainConfig
-from gptlab.train.task import TrainTask
+from gptlab.train.task import TrainTask, load_trainable_state
 
 TASK_NAME = "instruct"
 
@@ -81,8 +84,6 @@ BOOK_TRAIN_DEFAULTS: dict[str, Any] = {
 
 def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> TrainTask:
     """Load the model, tokenizer and data; encode and batch; describe how to save. Writes the split into ``run_dir/data``."""
-    from gptlab.model.load import load_model, tokenizer_for
-
     style = get_style(icfg.style)
     examples = load_examples(icfg.data)
     parts = split_examples(examples, seed=icfg.split_seed)
@@ -91,8 +92,7 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
 
     # Loaded here to learn the context length and tokenizer; build_model() hands this copy to the
     # trainer the first time and loads again after that (a resume rebuilds the same starting point).
-    probe = load_model(icfg.model)
-    tokenizer = tokenizer_for(icfg.model, probe)
+    probe, tokenizer = load_model(icfg.model)
     pad_id = tokenizer.eot_id
     if pad_id is None:
         raise GptlabError(f"--model {icfg.model}: its tokenizer has no <|endoftext|> token to end answers with")
@@ -118,9 +118,11 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
                                tcfg.eval_train_batches) if tcfg.eval_train_batches else []
 
     def build_model() -> torch.nn.Module:
-        model = loaded.pop() if loaded else load_model(icfg.model)
+        model = loaded.pop() if loaded else load_model(icfg.model)[0]
         if icfg.drop_rate is not None:
-            _set_dropout(model, icfg.drop_rate)
+            if not 0.0 <= icfg.drop_rate < 1.0:
+                raise GptlabError(f"--drop-rate must be in [0, 1), got {icfg.drop_rate}")
+            set_dropout(model, icfg.drop_rate)  # attention's own dropout too, not only the nn.Dropout layers
         if icfg.lora_rank:
             from gptlab.finetune.lora import apply_lora
 
@@ -144,19 +146,6 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
         export_weights=merged_weights if icfg.lora_rank else None,
         run_info=info,
     )
-
-
-def _set_dropout(model: torch.nn.Module, rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
-        raise GptlabError(f"--drop-rate must be in [0, 1), got {rate}")
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = rate
-    if hasattr(model, "cfg") and hasattr(model.cfg, "replace"):
-        try:
-            model.cfg = model.cfg.replace(drop_rate=rate)
-        except (TypeError, GptlabError):
-            pass
 
 
 def _check_exportable(model: torch.nn.Module) -> None:
@@ -244,9 +233,8 @@ def resume_finetune(
 
     run_dir = Path(run_dir)
     tcfg, _ = resolve_run_config(overrides, None, str(run_dir))
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    task_info = saved.get("task")
-    if not isinstance(task_info, dict) or task_info.get("name") != TASK_NAME:
+    task_info = read_run_config(run_dir).task  # checked there: a dict, or None for a pretraining run
+    if task_info is None or task_info.get("name") != TASK_NAME:
         raise GptlabError(f"{run_dir}: not an instruction fine-tuning run (use gptlab pretrain --resume)")
     icfg = InstructConfig.from_dict(task_info)
     task = build_task(icfg, tcfg, run_dir, log)
@@ -260,16 +248,12 @@ def _finish(run_dir: Path, icfg: InstructConfig) -> None:
     if not icfg.lora_rank:
         return
     from gptlab.finetune.lora import apply_lora, save_adapter
-    from gptlab.model.load import load_model
-    from gptlab.train.checkpoint import load_state
-    from gptlab.train.run_dir import checkpoint_dir
-    from gptlab.train.task import load_trainable_state
 
     try:
         best = checkpoint_dir(run_dir, "best")
     except GptlabError:
         return
-    model = load_model(icfg.model)
+    model, _ = load_model(icfg.model)
     apply_lora(model, icfg.lora_rank, icfg.lora_alpha, icfg.lora_targets, icfg.lora_dropout)
     load_trainable_state(model, load_state(best)["trainable"])
     save_adapter(model, run_dir / "adapter", base={"model": icfg.model})

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from gptlab.data.prompts import ALPACA, PHI3, PromptStyle, get_style, load_style, save_style
 from gptlab.errors import GptlabError
-from gptlab.finetune.prompts import ALPACA, PHI3, PromptStyle, get_style, load_style, save_style
 
 
 def book_format_input(entry: dict) -> str:

@@ -2,25 +2,19 @@
 
 A target is a module with a ``register_target(sub)`` function that adds ``gptlab bench TARGET`` to
 ``sub`` (an argparse sub-parsers object) and sets its handler; add a target by writing such a module
-and listing it in ``_TARGET_MODULES``. A target may use its module docstring as its description:
+and listing it in ``_TARGETS``. A target may use its module docstring as its description:
 reST markup in it is shown as plain text by ``--help`` (see :func:`plain_text`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 
-_TARGET_MODULES = [
-    "gptlab.bench.tokenizer",
-    "gptlab.bench.prepare",
-    "gptlab.bench.model",
-    "gptlab.bench.pretrain",
-    "gptlab.bench.classify",
-    "gptlab.bench.instruct",
-    "gptlab.bench.serve",
-]
+from gptlab.bench import classify, instruct, model, prepare, pretrain, serve, tokenizer
+
+# Each target module adds `gptlab bench TARGET` (in this --help order).
+_TARGETS = [tokenizer, prepare, model, pretrain, classify, instruct, serve]
 
 
 # ``code`` and :role:`target` (also :role:`~pkg.mod.name` and :role:`title <target>`), as docstrings write them.
@@ -58,13 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "interleaved repeats) and print both, their ratio and the target.",
     )
     sub = parser.add_subparsers(dest="target", metavar="TARGET")
-    for name in _TARGET_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a target not written yet must not break the others
-            if exc.name == name:
-                continue
-            raise
+    for module in _TARGETS:
         module.register_target(sub)
     for target in sub.choices.values():
         target.description = plain_text(target.description)
