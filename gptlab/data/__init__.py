@@ -13,10 +13,9 @@ pull in torch.
 
 from __future__ import annotations
 
-import importlib
-
 from gptlab.data.corpus import CORPORA, iter_documents, read_text
 from gptlab.data.registry import DATASETS, dataset_path
+from gptlab.lazy import lazy_exports
 
 _LAZY = {
     "SlidingWindowDataset": "gptlab.data.windows",
@@ -29,7 +28,4 @@ _LAZY = {
 __all__ = ["CORPORA", "DATASETS", "dataset_path", "iter_documents", "read_text", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

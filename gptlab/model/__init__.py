@@ -6,8 +6,9 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gptlab.lazy import lazy_exports
 
 _EXPORTS = {
     "GPT": "gptlab.model.gpt",
@@ -33,7 +34,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from gptlab.model.memory import estimate_memory
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'gptlab.model' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -323,23 +324,15 @@ def _compiled_decode(
         return None
 
 
-def generate(
-    model: torch.nn.Module,
-    idx: Prompt,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    **kwargs,
-) -> torch.Tensor | list[int] | list[list[int]]:
-    """Run :func:`stream_generate` to the end.
+def generate(model: torch.nn.Module, idx: Prompt, max_new_tokens: int, **options: Any) -> torch.Tensor | list[int] | list[list[int]]:
+    """Run :func:`stream_generate` to the end; ``options`` are its keyword arguments (temperature, ...).
 
     A tensor prompt gives a tensor back: the prompt followed by the new tokens (``pad_id`` after a
     sequence's EOS), ``[B, T + steps]`` (``[T + steps]`` for a 1-D prompt). A list prompt gives, for
     each prompt, the list of its new tokens, stopped before its EOS.
     """
-    steps = list(stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs))
+    eos_id = options.get("eos_id")
+    steps = list(stream_generate(model, idx, max_new_tokens, **options))
     if isinstance(idx, torch.Tensor):
         batch = idx if idx.dim() == 2 else idx.unsqueeze(0)
         if steps:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from gptlab.errors import GptlabError
 from gptlab.model.attention import build_attention_mask
 from gptlab.model.config import GPTConfig
-from gptlab.model.generate import generate, stream_generate
+from gptlab.model.generate import Prompt, generate, stream_generate
 from gptlab.model.hf import load_weights, read_config, resolve_model_dir, save_pretrained
 from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import Block
@@ -143,31 +143,13 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(
-        self,
-        idx: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor | list[int] | list[list[int]]:
-        """Continue ``idx``; see :func:`gptlab.model.generate.generate` for every option."""
-        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
+    def generate(self, idx: Prompt, max_new_tokens: int, **options: Any) -> torch.Tensor | list[int] | list[list[int]]:
+        """Continue ``idx``; see :func:`gptlab.model.generate.generate` (and ``stream_generate``) for the options."""
+        return generate(self, idx, max_new_tokens, **options)
 
-    def stream_generate(
-        self,
-        idx: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        **kwargs: Any,
-    ) -> Iterator[torch.Tensor]:
-        """Yield one ``[B]`` tensor of new tokens per step; see :func:`gptlab.model.generate.stream_generate`."""
-        return stream_generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, **kwargs)
+    def stream_generate(self, idx: Prompt, max_new_tokens: int, **options: Any) -> Iterator[torch.Tensor]:
+        """Yield a ``[B]`` tensor of new ids per step; see :func:`gptlab.model.generate.stream_generate`."""
+        return stream_generate(self, idx, max_new_tokens, **options)
 
     # ------------------------------------------------------------------ Hugging Face format
 

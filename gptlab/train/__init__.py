@@ -6,8 +6,9 @@ defaults) does not pay for importing torch: ``gptlab --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gptlab.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "gptlab.train.config",
@@ -25,7 +26,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from gptlab.train.trainer import RunResult, pretrain, resolve_run_config
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'gptlab.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
