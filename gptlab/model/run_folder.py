@@ -19,21 +19,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
 from gptlab.errors import GptlabError
 from gptlab.model.config import GPTConfig
+from gptlab.model.gpt import GPT
 from gptlab.outdir import RUN_FORMAT, is_run_dir
+from gptlab.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
 
-if TYPE_CHECKING:  # pragma: no cover
-    from gptlab.model.gpt import GPT
-    from gptlab.tokenizer import Tokenizer
-
-# The trainer imports this module, and `gptlab --help` imports the trainer (through gptlab.train's
-# exports), so the model class and the tokenizers, which only the loaders below need, are imported there.
 
 __all__ = [
     "CheckpointInfo", "RunConfig", "CONFIG_FILE", "CHECKPOINTS", "STEP_PREFIX", "is_run_dir", "read_run_config",
@@ -105,8 +101,6 @@ def load_run_tokenizer(run_dir: str | os.PathLike) -> Tokenizer:
 
 
 def _tokenizer(run_dir: str | os.PathLike, run: RunConfig) -> Tokenizer:
-    from gptlab.tokenizer import gpt2_tokenizer, load_tokenizer
-
     ref = run.tokenizer
     return load_tokenizer(Path(run_dir) / ref["file"]) if "file" in ref else gpt2_tokenizer()
 
@@ -213,8 +207,6 @@ def load_run(
 
     ``which`` picks the checkpoint (see :func:`checkpoint_dir`); ``dtype`` converts the weights.
     """
-    from gptlab.model.gpt import GPT
-
     run = read_run_config(run_dir)
     model = GPT(run.model)
     load_model_weights(model, checkpoint_dir(run_dir, which))

@@ -17,13 +17,14 @@ _EXPORTS = {
     "parse_duration": "gptlab.train.config",
     "RunResult": "gptlab.train.trainer",
     "pretrain": "gptlab.train.trainer",
-    "resolve_run_config": "gptlab.train.trainer",
+    "resolve_run_config": "gptlab.train.setup",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from gptlab.train.config import TrainConfig, config_from_dict, load_config_file, parse_duration
-    from gptlab.train.trainer import RunResult, pretrain, resolve_run_config
+    from gptlab.train.setup import resolve_run_config
+    from gptlab.train.trainer import RunResult, pretrain
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

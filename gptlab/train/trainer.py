@@ -9,7 +9,8 @@ A run folder holds everything needed to look at, continue, or use the run:
     RUN/loss.png            train/val loss against tokens seen, redrawn at each evaluation
     RUN/checkpoints/        step-NNNNNNNN/ (last N) and best/ (lowest validation loss)
 
-Resuming (``resume=RUN``) restores model, optimizer, step, data position and every RNG state from the
+Setting a run up (its effective config, the checks, the data and the tokenizer) is
+:mod:`gptlab.train.setup`; this module is the loop. Resuming (``resume=RUN``) restores model, optimizer, step, data position and every RNG state from the
 newest checkpoint, so the continued run computes exactly what the uninterrupted one would have.
 """
 
@@ -33,30 +34,21 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text
 from gptlab.model.config import GPTConfig
 from gptlab.model.device import autocast, pick_device, use_bf16
+from gptlab.model.gpt import GPT
 from gptlab.model.run_folder import (
     CONFIG_FILE, latest_checkpoint, list_checkpoints, load_model_weights, load_state, read_run_config,
 )
 from gptlab.outdir import RUN_FORMAT, OutDir, is_run_dir
 from gptlab.train.batches import EpochWindows, RandomWindows, eval_windows
 from gptlab.train.checkpoint import rng_state, save_checkpoint, set_rng_state
-from gptlab.train.config import STOP_KEYS, TrainConfig, config_from_dict, load_config_file, parse_duration
-from gptlab.train.distributed import DistInfo, all_reduce_mean, broadcast_flag, init_distributed, shutdown
+from gptlab.train.config import TrainConfig, parse_duration
+from gptlab.train.distributed import all_reduce_mean, broadcast_flag, init_distributed, shutdown
 from gptlab.train.flops import flops_per_token, peak_flops
 from gptlab.train.metrics import MetricsLog, plot_curves
 from gptlab.train.optim import make_adamw
 from gptlab.train.schedule import lr_at
+from gptlab.train.setup import check_settings, default_run_dir, prepare_run_data
 from gptlab.train.task import TrainTask, load_trainable_state, trainable_state
-
-# The data pipeline, the tokenizers and the model class are imported where they are used: `gptlab --help`
-# imports this module (through gptlab.train's exports) and needs none of them.
-
-# Settings that define *what* is trained; a resume must not change them (stop conditions, evaluation
-# cadence and hardware may change).
-IDENTITY_KEYS = (
-    "data", "tokenizer", "max_chars", "val_fraction", "preset", "model", "batch_size", "block_size",
-    "global_batch_tokens", "sampling", "stride", "lr", "min_lr", "warmup_steps", "weight_decay",
-    "beta1", "beta2", "grad_clip", "seed",
-)
 
 
 @dataclass
@@ -84,115 +76,6 @@ class RunResult:
 # --------------------------------------------------------------------------- configuration
 
 
-def resolve_run_config(
-    overrides: dict[str, Any], config_file: str | None = None, resume: str | None = None
-) -> tuple[TrainConfig, Path | None]:
-    """The effective config: defaults < config file < command-line overrides; or a run's saved config.
-
-    With ``resume``, the saved config is the base and the overrides may only change stop conditions,
-    evaluation cadence and hardware; changing what is trained raises :class:`GptlabError`.
-    """
-    values: dict[str, Any] = {}
-    if config_file:
-        values.update(load_config_file(config_file))
-        config_from_dict(values, source=str(config_file))  # report unknown keys against the file
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if resume is None:
-        cfg = config_from_dict(values, source="command line").with_default_stop()
-        cfg.validate()
-        return cfg, None
-    run_dir = Path(resume)
-    try:
-        saved = read_run_config(run_dir)
-    except GptlabError as exc:
-        raise GptlabError(f"{exc}; cannot resume") from None
-    cfg = config_from_dict(saved.train, source=str(saved.path))
-    if any(values.get(k) for k in STOP_KEYS):
-        # New stop conditions replace the saved ones: `--resume RUN --max-steps 800` must not still stop
-        # at the first run's time budget. Every stop condition counts over the whole run.
-        for key in STOP_KEYS:
-            setattr(cfg, key, getattr(TrainConfig(), key))
-    for key, value in values.items():
-        if key in IDENTITY_KEYS and value != getattr(cfg, key):
-            raise GptlabError(
-                f"cannot resume {run_dir}: it was trained with {key}={getattr(cfg, key)!r}, "
-                f"this command asks for {key}={value!r} (start a new run, or drop that setting)"
-            )
-        setattr(cfg, key, config_from_dict({key: value}).__dict__[key])
-    cfg.out = str(run_dir)
-    cfg.validate()
-    return cfg, run_dir
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _default_run_dir(cfg: TrainConfig) -> Path:
-    stem = Path(cfg.data).stem if cfg.data else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo, log: Callable[[str], None]):
-    """A :class:`PreparedData` for the run: the given prepared folder, or RUN/data prepared once."""
-    from gptlab.data.prepared import PreparedData
-
-    source = Path(cfg.data)
-    if (source / "meta.json").is_file():
-        return PreparedData(source)
-    data_dir = run_dir / "data"
-    if info.is_main and not (data_dir / "meta.json").is_file():
-        from gptlab.data.prep import prepare
-
-        tokenizer = _build_tokenizer(cfg, run_dir, log)
-        log(f"preparing {cfg.data} -> {data_dir}")
-        prepare(
-            cfg.data,
-            data_dir,
-            tokenizer=tokenizer,
-            val_fraction=cfg.val_fraction,
-            max_bytes=cfg.max_chars or None,
-            progress=False,
-        )
-    if info.enabled:
-        torch.distributed.barrier()
-    return PreparedData(data_dir)
-
-
-def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]):
-    """The tokenizer spec as prepare() takes it; ``bpe:N`` trains one on the training text first."""
-    spec = cfg.tokenizer
-    if not spec.startswith("bpe:"):
-        return spec
-    vocab_size = _bpe_size(spec)
-    from gptlab.data.corpus import iter_documents
-    from gptlab.tokenizer import BPETokenizer
-    from gptlab.tokenizer.train import VocabTooLargeError
-
-    # Train on the part of the text that becomes training data (the last val_fraction is held out).
-    docs = list(iter_documents(cfg.data, max_bytes=cfg.max_chars or None))
-    total = sum(len(d) for d in docs)
-    keep, budget = [], int(total * (1 - cfg.val_fraction))
-    for d in docs:
-        if budget <= 0:
-            break
-        keep.append(d[:budget])
-        budget -= len(d)
-    t0 = time.perf_counter()
-    try:
-        tok = BPETokenizer.train(keep, vocab_size, name=f"bpe-{vocab_size}")
-    except VocabTooLargeError as exc:
-        # A small corpus (the-verdict: 20 kB) cannot fill the default 4,096 tokens: fit the vocabulary
-        # to the data rather than stop, and say so.
-        log(f"note: {cfg.data} has too few repeated pairs for {spec}; training bpe:{exc.reachable} instead "
-            f"(the most it can make; pass --tokenizer bpe:N with a smaller N, or char, to choose)")
-        tok = BPETokenizer.train(keep, exc.reachable, name=f"bpe-{exc.reachable}")
-    log(f"trained a {tok.n_vocab}-token BPE tokenizer on {total / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
-    return tok
-
-
-# --------------------------------------------------------------------------- the run
-
-
 class TrainingRun:
     """State of one training process (one rank): set up by :func:`pretrain`, which is how to start one.
 
@@ -201,8 +84,6 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path | None, resuming: bool, progress: bool, log,
                  task: TrainTask | None = None):
-        from gptlab.model.gpt import GPT
-
         self.cfg = cfg
         self.task = task
         self.log = log
@@ -211,7 +92,7 @@ class TrainingRun:
         self.info = init_distributed(self.device.type)
         if self.info.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.info.local_rank)
-        self.run_dir = run_dir or (Path(cfg.out) if cfg.out else _default_run_dir(cfg))
+        self.run_dir = run_dir or (Path(cfg.out) if cfg.out else default_run_dir(cfg))
         if self.info.enabled:  # every rank must agree on the folder rank 0 chose
             names = [str(self.run_dir)]
             torch.distributed.broadcast_object_list(names, src=0)
@@ -227,7 +108,7 @@ class TrainingRun:
             self.model = task.build_model()
             model_cfg = self.model.cfg
         else:
-            self.data = _prepare_data(cfg, self.run_dir, self.info, log)
+            self.data = prepare_run_data(cfg, self.run_dir, self.info, log)
             self.tokenizer = self.data.tokenizer()
             model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=self.data.n_vocab, **cfg.model)
         self.block = cfg.block_size or model_cfg.context_length
@@ -698,7 +579,7 @@ def pretrain(
     cfg.with_default_stop()
     if task is None:
         check_settings(cfg)  # seconds, not after minutes of data preparation
-    run_dir = Path(cfg.out) if cfg.out else _default_run_dir(cfg)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         out = OutDir(run_dir, overwrite=overwrite, kind="pretraining run", is_same_kind=is_run_dir,
                      hint=f" (to continue that run: --resume {run_dir})")
@@ -712,28 +593,3 @@ def pretrain(
             task = task(run_dir)
         run = TrainingRun(cfg, run_dir, False, progress, log, task)
     return run.run(on_eval)
-
-
-def check_settings(cfg: TrainConfig) -> None:
-    """Raise :class:`GptlabError` for a model preset, model override, tokenizer or block size that cannot work.
-
-    Everything here is known before the data is read, so a typo fails at once.
-    """
-    model_cfg = GPTConfig.from_preset(cfg.preset, **cfg.model)
-    if cfg.block_size > model_cfg.context_length:
-        raise GptlabError(f"block_size {cfg.block_size} exceeds the model's context_length {model_cfg.context_length}")
-    spec = cfg.tokenizer
-    if spec.startswith("bpe:"):
-        _bpe_size(spec)
-    elif spec not in ("gpt2", "char") and not Path(spec).is_file():
-        raise GptlabError(f"tokenizer {spec!r}: expected gpt2, char, bpe:N or a tokenizer file")
-
-
-def _bpe_size(spec: str) -> int:
-    try:
-        vocab_size = int(spec.split(":", 1)[1])
-    except ValueError:
-        vocab_size = 0
-    if vocab_size < 257:
-        raise GptlabError(f"tokenizer {spec!r}: expected bpe:N with N > 256 the vocabulary size, e.g. bpe:4096")
-    return vocab_size

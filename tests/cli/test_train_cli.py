@@ -93,12 +93,12 @@ def test_failed_setup_leaves_no_folder_and_restores_a_replaced_run(tmp_path, cap
 
 
 def test_bad_settings_fail_before_the_data_is_prepared(tmp_path, capsys, monkeypatch):
-    import gptlab.data.prep
+    import gptlab.train.setup
 
     def no_prepare(*a, **k):  # pragma: no cover - reached only if validation comes too late
         raise AssertionError("data was prepared before the settings were checked")
 
-    monkeypatch.setattr(gptlab.data.prep, "prepare", no_prepare)
+    monkeypatch.setattr(gptlab.train.setup, "prepare", no_prepare)
     for extra, pattern in [
         (["--preset", "gpt-huge"], "unknown model preset 'gpt-huge'"),
         (["--model-set", "n_layerz=2"], "unknown GPTConfig field"),

@@ -229,7 +229,8 @@ def resume_finetune(
     log: Callable[[str], None] = print,
 ):
     """Continue an instruction run from its newest checkpoint (stop conditions and hardware may change)."""
-    from gptlab.train.trainer import pretrain, resolve_run_config
+    from gptlab.train.setup import resolve_run_config
+    from gptlab.train.trainer import pretrain
 
     run_dir = Path(run_dir)
     tcfg, _ = resolve_run_config(overrides, None, str(run_dir))
