@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.model.config import GPTConfig
+from gptlab.model.norm import RMSNorm
+from gptlab.model.rope import apply_rope
 
 if TYPE_CHECKING:
     from gptlab.model.kv_cache import KVCache
@@ -61,36 +63,60 @@ def explicit_attention(
 ) -> torch.Tensor:
     """Attention written out step by step (the readable reference for SDPA).
 
-    ``q`` is ``[B, H, Tq, D]``, ``k`` and ``v`` are ``[B, H, Tk, D]``; returns ``[B, H, Tq, D]``.
+    ``q`` is ``[B, H, Tq, D]``, ``k`` and ``v`` are ``[B, Hkv, Tk, D]`` with ``H`` a multiple of ``Hkv``
+    (grouped-query attention: each key/value head serves ``H / Hkv`` query heads); returns ``[B, H, Tq, D]``.
     """
-    n_new, n_total = q.size(-2), k.size(-2)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # [B, H, Tq, Tk]
+    B, H, n_new, D = q.shape
+    n_kv, n_total = k.size(1), k.size(-2)
+    group = H // n_kv
+    # Grouped queries: view the query heads that share a key/value head as extra query rows of that
+    # head ([B, Hkv, group * Tq, D]), so each key and value is read once, never copied per query head.
+    q = q.reshape(B, n_kv, group * n_new, D)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # [B, Hkv, group * Tq, Tk]
+    scores = scores.view(B, n_kv, group, n_new, n_total)
     if is_causal:
         mask = torch.ones(n_new, n_total, dtype=torch.bool, device=q.device).tril(diagonal=n_total - n_new)
     if mask is not None:
+        if mask.dim() == 4:  # [B or 1, 1, Tq, Tk]: the head dimension becomes (Hkv, group)
+            mask = mask.unsqueeze(2)
         scores = scores.masked_fill(~mask, float("-inf"))
     # Softmax in float32 so that bf16 models keep a well-normalised distribution.
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
-    return weights @ v
+    out = weights.view(B, n_kv, group * n_new, n_total) @ v  # [B, Hkv, group * Tq, D]
+    return out.view(B, H, n_new, D)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with one fused query/key/value projection.
+    """Causal self-attention: multi-head (GPT-2) or grouped-query (Llama, Qwen), optionally rotary.
 
-    The fused ``qkv`` layer is the book's ``W_query``, ``W_key`` and ``W_value`` stacked into one
-    matrix (the same layout as GPT-2's ``c_attn``): one matmul instead of three.
+    GPT-2's layout has one fused ``qkv`` layer: the book's ``W_query``, ``W_key`` and ``W_value`` stacked
+    into one matrix (GPT-2's ``c_attn``), one matmul instead of three. The modern layout has them apart
+    (``q_proj``, ``k_proj``, ``v_proj``, as its checkpoints do), with fewer key/value heads than query
+    heads, rotary embeddings applied to queries and keys, and in Qwen3 an RMSNorm on each head's
+    queries and keys first.
     """
 
     def __init__(self, cfg: GPTConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
+        self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
         self.dropout_p = cfg.drop_rate  # a probability for SDPA, not a module: see gptlab.model.dropout
         self.impl = cfg.attn_impl
         self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
-        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        if cfg.fused_qkv:
+            self.qkv = nn.Linear(cfg.emb_dim, self.q_dim + 2 * self.kv_dim, bias=cfg.qkv_bias)
+        else:
+            self.q_proj = nn.Linear(cfg.emb_dim, self.q_dim, bias=cfg.qkv_bias)
+            self.k_proj = nn.Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
+            self.v_proj = nn.Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=cfg.layer_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=cfg.layer_norm_eps)
+        self.qk_norm = cfg.qk_norm
+        self.out_proj = nn.Linear(self.q_dim, cfg.emb_dim, bias=cfg.proj_bias)
 
     def forward(
         self,
@@ -98,14 +124,24 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = True,
         kv_cache: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``x`` is ``[B, T, emb_dim]``; ``mask``/``is_causal`` come from :func:`build_attention_mask`."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # [B, T, C] -> [B, H, T, D]
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        """``x`` is ``[B, T, emb_dim]``; ``mask``/``is_causal`` come from :func:`build_attention_mask`;
+        ``rope`` is ``(cos, sin)`` from :func:`gptlab.model.rope.rope_cos_sin` for rotary models."""
+        B, T, _ = x.shape
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=2)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        # [B, T, heads * D] -> [B, heads, T, D]
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -114,6 +150,11 @@ class CausalSelfAttention(nn.Module):
             # several times slower here, in bf16 especially; two small matmuls are the fast path.
             y = explicit_attention(q, k, v, mask, is_causal, dropout_p)
         else:
+            if self.n_kv_heads != self.n_heads:
+                # Prefill and training are compute-bound: repeating the shared heads costs little
+                # and keeps SDPA on its fused kernels.
+                group = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, self.q_dim)
         return self.out_proj(y)

@@ -1,7 +1,8 @@
-"""The GPT model (the book's chapter 4 ``GPTModel``, GPT-2's architecture).
+"""The GPT model (the book's chapter 4 ``GPTModel``), in GPT-2's design or the Llama/Qwen one.
 
-token ids -> token embedding + absolute position embedding -> dropout -> n_layers x Block
--> final LayerNorm -> linear head -> logits over the vocabulary.
+token ids -> token embedding (+ absolute position embedding, GPT-2) -> dropout -> n_layers x Block
+-> final norm -> linear head -> logits over the vocabulary. Rotary models (Llama, Qwen) have no
+position table: each block rotates its queries and keys by angles computed here once per forward.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from gptlab.model.generate import Prompt, generate, stream_generate
 from gptlab.model.hf import load_weights, read_config, resolve_model_dir, save_pretrained
 from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import Block
+from gptlab.model.norm import make_norm
+from gptlab.model.rope import inverse_frequencies, rope_cos_sin
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -48,23 +51,26 @@ class _SkipInit(TorchFunctionMode):
 
 
 class GPT(nn.Module):
-    """A GPT-2 style decoder-only transformer; see :class:`GPTConfig` for its hyper-parameters."""
+    """A decoder-only transformer, GPT-2's or Llama/Qwen's design; see :class:`GPTConfig`."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        # Rotary models keep their frequencies as a plain float32 tensor, not a buffer: .to(bfloat16)
+        # must not round them (see _apply), and a checkpoint need not carry what the config defines.
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.positions == "learned" else None
+        self.rope_inv_freq = inverse_frequencies(cfg) if cfg.positions == "rope" else None
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        self.final_norm = make_norm(cfg)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             # One matrix both embeds tokens and scores them (GPT-2 does this; saves vocab x emb_dim weights).
             self.out_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
-            if name.endswith(("att.out_proj.weight", "ff.proj.weight")):
+            if name.endswith(("att.out_proj.weight", "ff.proj.weight", "ff.down.weight")):
                 # Each block adds two branches to the residual stream; GPT-2 scales their output
                 # projections by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
@@ -76,6 +82,13 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GPT:
+        """Follow the model to its device (``.to``, ``.cuda``), keeping the RoPE frequencies in float32."""
+        super()._apply(fn, recurse)
+        if self.rope_inv_freq is not None and self.tok_emb.weight.device.type != "meta":
+            self.rope_inv_freq = self.rope_inv_freq.to(self.tok_emb.weight.device)
+        return self
 
     # ------------------------------------------------------------------ forward
 
@@ -112,10 +125,16 @@ class GPT(nn.Module):
                 position_ids = positions_from_mask(attention_mask)[:, past:]
             else:
                 position_ids = torch.arange(past, past + T, device=idx.device)
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(position_ids))
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        else:
+            rope = rope_cos_sin(self.rope_inv_freq, position_ids, x.dtype)
+        x = self.drop_emb(x)
         mask, is_causal = build_attention_mask(T, past, attention_mask, idx.device)
         for block in self.blocks:
-            x = block(x, mask, is_causal, kv_cache)
+            x = block(x, mask, is_causal, kv_cache, rope)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.final_norm(x)
@@ -138,7 +157,8 @@ class GPT(nn.Module):
         params = {id(p): p for p in self.parameters()}
         if exclude_embeddings:
             params.pop(id(self.tok_emb.weight), None)
-            params.pop(id(self.pos_emb.weight), None)
+            if self.pos_emb is not None:
+                params.pop(id(self.pos_emb.weight), None)
         return sum(p.numel() for p in params.values())
 
     # ------------------------------------------------------------------ generation

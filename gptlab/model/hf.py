@@ -1,17 +1,20 @@
-"""GPT-2 weights in the Hugging Face format: read them into a :class:`GPT`, and write a GPT back.
+"""Weights in the Hugging Face format: read them into a :class:`GPT`, and write a GPT back.
 
 This module knows the format (config translation, tensor names and layouts, the files); it does not
 import the model class. :meth:`gptlab.model.GPT.from_pretrained` builds the model and has this module
 fill it; :meth:`gptlab.model.GPT.save_pretrained` has it write one out.
 
-The format is a folder with ``config.json`` (a ``GPT2Config``) and ``model.safetensors`` (or the
-older pickled ``pytorch_model.bin``). Its tensors differ from gptlab's in three ways, all undone here:
+A folder holds ``config.json`` and the weights: ``model.safetensors``, or shards listed in
+``model.safetensors.index.json``, or the older pickled ``pytorch_model.bin`` (read with
+``weights_only``). Two families of ``config.json`` are understood:
 
-* names: ``h.0.attn.c_attn.weight`` is gptlab's ``blocks.0.att.qkv.weight`` (and an optional
-  ``transformer.`` prefix comes and goes with the model class that saved it);
-* layout: GPT-2's ``Conv1D`` stores weights as ``[in, out]``, ``nn.Linear`` as ``[out, in]``;
-* extras: ``attn.bias`` / ``attn.masked_bias`` are constant causal-mask buffers, not weights, and a tied
-  output head may be missing (``lm_head.weight`` is then the token embedding).
+* GPT-2 (``GPT2LMHeadModel``). Its tensors differ from gptlab's in names (``h.0.attn.c_attn.weight``
+  is ``blocks.0.att.qkv.weight``, with an optional ``transformer.`` prefix), in layout (GPT-2's
+  ``Conv1D`` stores ``[in, out]``, ``nn.Linear`` ``[out, in]``) and in extras (``attn.bias`` /
+  ``attn.masked_bias`` are constant mask buffers; a tied head may be missing).
+* Llama (``LlamaForCausalLM``; Mistral without a sliding window), Qwen2 (q/k/v biases) and Qwen3
+  (q/k norms). Same layout as gptlab's, other names (``model.layers.0.self_attn.q_proj.weight`` is
+  ``blocks.0.att.q_proj.weight``); if gptlab's model fuses q, k and v, the three are stacked.
 
 Loading fills a model built on the meta device (no memory, no random init), reading each tensor from
 the file straight into the storage it will keep, so peak memory is the model plus one tensor.
@@ -39,8 +42,11 @@ from gptlab.model.hub import HUB_MODELS, ensure_model
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"
 
-# gptlab name <- HF name (without the "transformer." prefix), and whether the HF tensor is a Conv1D
-# [in, out] weight that must be transposed.
+INDEX = "model.safetensors.index.json"
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
+
+# GPT-2: gptlab name <- HF name (without the "transformer." prefix), and whether the HF tensor is a
+# Conv1D [in, out] weight that must be transposed.
 _BLOCK_MAP = {
     "norm1.weight": ("ln_1.weight", False),
     "norm1.bias": ("ln_1.bias", False),
@@ -62,30 +68,77 @@ _TOP_MAP = {
     "final_norm.bias": ("ln_f.bias", False),
     "out_head.weight": ("lm_head.weight", False),
 }
-# Constant buffers some GPT-2 checkpoints carry; they hold no learned values.
-_IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+# Llama / Qwen: gptlab module <- HF module (without the "model." prefix); ".weight"/".bias" carry over.
+_LLAMA_BLOCK_MAP = {
+    "norm1": "input_layernorm",
+    "att.q_proj": "self_attn.q_proj",
+    "att.k_proj": "self_attn.k_proj",
+    "att.v_proj": "self_attn.v_proj",
+    "att.q_norm": "self_attn.q_norm",
+    "att.k_norm": "self_attn.k_norm",
+    "att.out_proj": "self_attn.o_proj",
+    "norm2": "post_attention_layernorm",
+    "ff.gate": "mlp.gate_proj",
+    "ff.up": "mlp.up_proj",
+    "ff.down": "mlp.down_proj",
+}
+_LLAMA_TOP_MAP = {"tok_emb": "embed_tokens", "final_norm": "norm", "out_head": "lm_head"}
+# Constant buffers some checkpoints carry; they hold no learned values.
+_IGNORED = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|layers\.\d+\.self_attn\.rotary_emb\.inv_freq)$")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+LLAMA_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED = ("GPT2LMHeadModel", *LLAMA_TYPES.values())
+
+
+def hf_names(name: str, cfg: GPTConfig) -> tuple[list[str], bool]:
+    """The HF tensor name(s) (without prefix) behind gptlab parameter ``name``, and whether transposed.
+
+    One name, except for a fused ``qkv`` of a Llama-format model: its q, k and v stacked in that order.
+    """
+    if cfg.family == "gpt2":
+        if name in _TOP_MAP:
+            hf, transposed = _TOP_MAP[name]
+            return [hf], transposed
+        match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        if not match or match.group(2) not in _BLOCK_MAP:
+            raise KeyError(name)
+        hf, transposed = _BLOCK_MAP[match.group(2)]
+        return [f"h.{match.group(1)}.{hf}"], transposed
+    module, _, kind = name.rpartition(".")
+    if module in _LLAMA_TOP_MAP:
+        return [f"{_LLAMA_TOP_MAP[module]}.{kind}"], False
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    if not match:
+        raise KeyError(name)
+    layer, part = match.groups()
+    if part == "att.qkv":
+        return [f"layers.{layer}.self_attn.{p}_proj.{kind}" for p in "qkv"], False
+    if part not in _LLAMA_BLOCK_MAP:
+        raise KeyError(name)
+    return [f"layers.{layer}.{_LLAMA_BLOCK_MAP[part]}.{kind}"], False
 
 
 def hf_name(name: str) -> tuple[str, bool]:
-    """The HF tensor name (without prefix) for gptlab parameter ``name``, and whether it is transposed."""
-    if name in _TOP_MAP:
-        return _TOP_MAP[name]
-    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-    if not match or match.group(2) not in _BLOCK_MAP:
-        raise KeyError(name)
-    hf, transposed = _BLOCK_MAP[match.group(2)]
-    return f"h.{match.group(1)}.{hf}", transposed
+    """GPT-2's HF tensor name (without prefix) for gptlab parameter ``name``, and whether it is transposed."""
+    names, transposed = hf_names(name, GPTConfig())
+    return names[0], transposed
 
 
 # ---------------------------------------------------------------------------------------- config
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig:
-    """Translate a Hugging Face ``GPT2Config`` dict into a :class:`GPTConfig`."""
+    """Translate a Hugging Face config dict (GPT-2, Llama, Mistral, Qwen2 or Qwen3) into a :class:`GPTConfig`."""
     model_type = hf.get("model_type", "gpt2")
+    if model_type in LLAMA_TYPES:
+        return _llama_config_from_hf(hf, source)
     if model_type != "gpt2":
-        raise GptlabError(f"{source}: model_type is {model_type!r}; gptlab reads GPT-2 models ('gpt2')")
+        archs = hf.get("architectures") or [model_type]
+        raise GptlabError(
+            f"{source}: architecture {archs[0]!r} (model_type {model_type!r}) is not supported; "
+            f"gptlab reads {', '.join(SUPPORTED)}"
+        )
     act = hf.get("activation_function", "gelu_new")
     if act not in (*_TANH_GELUS, "gelu"):
         raise GptlabError(f"{source}: activation_function {act!r} is not supported (expected gelu_new or gelu)")
@@ -112,8 +165,126 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
         raise GptlabError(f"{source}: bad value ({exc})") from None
 
 
+def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
+    """``(rope_theta, rope_scaling)`` from either spelling: ``rope_theta`` + ``rope_scaling`` (the hub's
+    files), or ``rope_parameters`` (what transformers 5 writes)."""
+    params = hf.get("rope_parameters") or {}
+    scaling = dict(hf.get("rope_scaling") or params)
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling.pop("rope_theta", None)
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind not in ("llama3", "linear"):
+        raise GptlabError(
+            f"{source}: rope_scaling type {kind!r} is not supported; gptlab implements llama3 and linear (or none)"
+        )
+    keep = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return theta, {"rope_type": kind, **{k: scaling[k] for k in keep if k in scaling}}
+
+
+def _llama_config_from_hf(hf: dict[str, Any], source: str) -> GPTConfig:
+    """A Llama / Mistral / Qwen2 / Qwen3 config dict as a :class:`GPTConfig` of the modern design."""
+    model_type = hf["model_type"]
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise GptlabError(f"{source}: hidden_act {act!r} is not supported (expected silu)")
+    if hf.get("use_sliding_window") or (model_type == "mistral" and hf.get("sliding_window") is not None):
+        raise GptlabError(f"{source}: sliding-window attention is not supported (sliding_window must be null)")
+    if int(hf.get("pretraining_tp", 1) or 1) != 1:
+        raise GptlabError(f"{source}: pretraining_tp={hf['pretraining_tp']} is not supported (expected 1)")
+    try:
+        heads = int(hf["num_attention_heads"])
+        width = int(hf["hidden_size"])
+        head_dim = hf.get("head_dim") or width // heads
+        attention_bias = bool(hf.get("attention_bias", False))
+        theta, scaling = _rope_from_hf(hf, source)
+        return GPTConfig(
+            vocab_size=int(hf["vocab_size"]),
+            context_length=int(hf.get("max_position_embeddings", 2048)),
+            emb_dim=width,
+            n_heads=heads,
+            n_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_size=None if head_dim * heads == width else int(head_dim),
+            n_layers=int(hf["num_hidden_layers"]),
+            ff_dim=int(hf["intermediate_size"]),
+            drop_rate=float(hf.get("attention_dropout", 0.0)),
+            layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_weights=bool(hf.get("tie_word_embeddings", False)),
+            norm="rmsnorm", positions="rope", mlp="gated", activation="silu", fused_qkv=False,
+            rope_theta=theta, rope_scaling=scaling,
+            # Qwen2 has q/k/v biases and none on o_proj, whatever its config says; Llama and Qwen3 put
+            # attention_bias on all four projections.
+            qkv_bias=True if model_type == "qwen2" else attention_bias,
+            proj_bias=False if model_type == "qwen2" else attention_bias,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            qk_norm=model_type == "qwen3",
+        )
+    except KeyError as exc:
+        raise GptlabError(f"{source}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise GptlabError(f"{source}: bad value ({exc})") from None
+
+
+def _check_exportable(cfg: GPTConfig, wanted: dict[str, Any], target: str) -> None:
+    for field, value in wanted.items():
+        if getattr(cfg, field) != value:
+            raise GptlabError(
+                f"this model cannot be saved as {target}: it has {field}={getattr(cfg, field)!r}, "
+                f"{target} needs {value!r}"
+            )
+
+
+def _llama_config_to_hf(cfg: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """The config dict of the Hugging Face class that computes what ``cfg`` does (Llama, Qwen2 or Qwen3)."""
+    _check_exportable(cfg, {"norm": "rmsnorm", "mlp": "gated", "activation": "silu"}, "a Llama-family model")
+    if cfg.qk_norm:
+        model_type = "qwen3"
+        _check_exportable(cfg, {"proj_bias": cfg.qkv_bias, "mlp_bias": False}, "Qwen3ForCausalLM")
+    elif cfg.qkv_bias and not cfg.proj_bias and not cfg.mlp_bias:
+        model_type = "qwen2"
+    else:
+        model_type = "llama"
+        _check_exportable(cfg, {"proj_bias": cfg.qkv_bias}, "LlamaForCausalLM (attention_bias covers q, k, v and o)")
+    hf: dict[str, Any] = {
+        "architectures": [LLAMA_TYPES[model_type]],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.context_length,
+        "hidden_size": cfg.emb_dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.layer_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": dict(cfg.rope_scaling) if cfg.rope_scaling else None,
+        "attention_dropout": cfg.drop_rate,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_weights,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if model_type == "llama":
+        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    elif model_type == "qwen3":
+        hf.update(attention_bias=cfg.qkv_bias, use_sliding_window=False, sliding_window=None)
+    else:
+        hf.update(use_sliding_window=False, sliding_window=None)
+    return hf
+
+
 def config_to_hf(cfg: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """A ``GPT2Config`` dict for ``cfg`` (what ``transformers`` writes, plus gptlab's qkv-bias flag)."""
+    """The ``config.json`` dict for ``cfg``: a ``GPT2Config`` (plus gptlab's qkv-bias flag) or a
+    Llama / Qwen2 / Qwen3 config, whichever computes the same function."""
+    if cfg.family != "gpt2":
+        return _llama_config_to_hf(cfg, dtype)
+    _check_exportable(cfg, {"norm": "layernorm", "mlp": "standard", "fused_qkv": True, "kv_heads": cfg.n_heads,
+                            "head_dim": cfg.emb_dim // cfg.n_heads, "proj_bias": True, "mlp_bias": True},
+                      "GPT2LMHeadModel")
+    if cfg.activation not in ("gelu_tanh", "gelu"):
+        raise GptlabError(f"this model cannot be saved as GPT2LMHeadModel: activation {cfg.activation!r}")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -173,6 +344,10 @@ class _SafetensorsFile:
         why = str(exc).splitlines()[0].removeprefix("Error while deserializing header: ")
         return GptlabError(f"{self.path}: not a valid safetensors file, damaged or truncated ({why})")
 
+    def where(self, name: str) -> Path:
+        """The file that holds tensor ``name``."""
+        return self.path
+
     def shape(self, name: str) -> list[int]:
         """The stored shape of tensor ``name`` (from the header; nothing is read)."""
         return list(self._file.get_slice(name).get_shape())
@@ -206,6 +381,10 @@ class _TorchBinFile:
         self.tensors: dict[str, torch.Tensor] = state
         self.entries = state
 
+    def where(self, name: str) -> Path:
+        """The file that holds tensor ``name``."""
+        return self.path
+
     def shape(self, name: str) -> list[int]:
         """The stored shape of tensor ``name``."""
         return list(self.tensors[name].shape)
@@ -220,12 +399,60 @@ class _TorchBinFile:
 
 
 
-def _open_weights(directory: Path) -> _SafetensorsFile | _TorchBinFile:
+class _ShardedWeights:
+    """Several weight files listed in an index (``model.safetensors.index.json``), opened as needed."""
+
+    def __init__(self, index_path: Path, opener: type) -> None:
+        self.path = index_path
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise GptlabError(f"{index_path}: not a valid weight index ({type(exc).__name__}: {exc})") from None
+        self.weight_map: dict[str, str] = weight_map
+        for shard in sorted(set(weight_map.values())):
+            if not (index_path.parent / shard).is_file():
+                raise GptlabError(f"{index_path}: shard {shard} is named in the index but missing from the folder")
+        self.entries = list(weight_map)
+        self._opener = opener
+        self._files: dict[str, Any] = {}
+
+    def _file(self, name: str) -> Any:
+        shard = self.weight_map[name]
+        if shard not in self._files:
+            self._files[shard] = self._opener(self.path.parent / shard)
+            if name not in self._files[shard].entries:
+                raise GptlabError(f"{self.path.parent / shard}: tensor {name} is not in this shard, but the index says it is")
+        return self._files[shard]
+
+    def where(self, name: str) -> Path:
+        """The shard file that holds tensor ``name``."""
+        return self.path.parent / self.weight_map[name]
+
+    def shape(self, name: str) -> list[int]:
+        """The stored shape of tensor ``name``."""
+        return self._file(name).shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor ``name``."""
+        return self._file(name).dtype(name)
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name``, from its shard."""
+        return self._file(name).read(name)
+
+
+def _open_weights(directory: Path) -> _SafetensorsFile | _TorchBinFile | _ShardedWeights:
     if (directory / SAFETENSORS).is_file():
         return _SafetensorsFile(directory / SAFETENSORS)
+    if (directory / INDEX).is_file():
+        return _ShardedWeights(directory / INDEX, _SafetensorsFile)
     if (directory / PYTORCH_BIN).is_file():
         return _TorchBinFile(directory / PYTORCH_BIN)
-    raise GptlabError(f"{directory}: no {SAFETENSORS} or {PYTORCH_BIN} in this folder")
+    if (directory / PYTORCH_INDEX).is_file():
+        return _ShardedWeights(directory / PYTORCH_INDEX, _TorchBinFile)
+    raise GptlabError(f"{directory}: no {SAFETENSORS}, {INDEX} or {PYTORCH_BIN} in this folder")
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -274,11 +501,12 @@ def load_weights(model: torch.nn.Module, directory: str | os.PathLike, dtype: to
     directory = Path(directory)
     cfg: GPTConfig = model.cfg
     weights = _open_weights(directory)
+    prefix = "transformer." if cfg.family == "gpt2" else "model."
 
     # Index the file's tensors by their prefix-free HF name.
     stored: dict[str, str] = {}
     for key in weights.entries:
-        short = key.removeprefix("transformer.")
+        short = key.removeprefix(prefix)
         if not _IGNORED.match(short):
             stored[short] = key
     if "lm_head.weight" not in stored and not cfg.tie_weights:
@@ -289,28 +517,43 @@ def load_weights(model: torch.nn.Module, directory: str | os.PathLike, dtype: to
     for name, meta in model.state_dict().items():
         if name == "out_head.weight" and cfg.tie_weights:
             continue  # the token embedding, tied below
-        hf, transposed = hf_name(name)
+        parts, transposed = hf_names(name, cfg)
         want = list(meta.shape[::-1] if transposed else meta.shape)
-        if hf not in stored:
-            raise GptlabError(f"{weights.path}: missing tensor {hf} (expected shape {want})")
-        key = stored[hf]
-        got = weights.shape(key)
-        if got != want:
-            raise GptlabError(f"{weights.path}: tensor {key} has shape {got}, but config.json implies {want}")
-        stored_dtype = weights.dtype(key)
-        target = dtype or (stored_dtype if stored_dtype.is_floating_point else torch.float32)
-        if not transposed and target == stored_dtype:
-            state[name] = weights.read(key)  # straight from the file into the tensor the model keeps
+        if len(parts) > 1:  # a fused q/k/v: the three stacked, each checked on its own
+            sizes = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]
+            wants = [[n, *want[1:]] for n in sizes]
         else:
-            # Transposing or converting needs the raw bytes somewhere first. The kept tensor is
-            # allocated before them, so they sit on top of the heap, where the next kept tensor reuses
-            # their space, instead of leaving a hole per tensor below it.
-            state[name] = torch.empty(meta.shape, dtype=target)
+            wants = [want]
+        keys = []
+        for hf, part_want in zip(parts, wants):
+            if hf not in stored:
+                raise GptlabError(f"{weights.path}: missing tensor {prefix if cfg.family != 'gpt2' else ''}{hf} "
+                                  f"(expected shape {part_want})")
+            key = stored[hf]
+            got = weights.shape(key)
+            if got != part_want:
+                raise GptlabError(
+                    f"{weights.where(key)}: tensor {key} has shape {got}, but config.json implies {part_want}"
+                )
+            keys.append(key)
+            used.add(hf)
+        stored_dtype = weights.dtype(keys[0])
+        target = dtype or (stored_dtype if stored_dtype.is_floating_point else torch.float32)
+        if len(keys) == 1 and not transposed and target == stored_dtype:
+            state[name] = weights.read(keys[0])  # straight from the file into the tensor the model keeps
+            continue
+        # Transposing, stacking or converting needs the raw bytes somewhere first. The kept tensor is
+        # allocated before them, so they sit on top of the heap, where the next kept tensor reuses
+        # their space, instead of leaving a hole per tensor below it.
+        state[name] = torch.empty(meta.shape, dtype=target)
+        row = 0
+        for key in keys:
             raw = weights.read(key)
-            state[name].copy_(raw.t() if transposed else raw)
+            rows = raw.shape[1] if transposed else raw.shape[0]
+            state[name][row:row + rows].copy_(raw.t() if transposed else raw)
+            row += rows
             del raw
-        used.add(hf)
-    if not cfg.qkv_bias:
+    if cfg.family == "gpt2" and not cfg.qkv_bias:
         # Saved by gptlab without a qkv bias: the stored zeros must really be zeros to drop them.
         for i in range(cfg.n_layers):
             bias_key = stored.get(f"h.{i}.attn.c_attn.bias")
@@ -323,34 +566,52 @@ def load_weights(model: torch.nn.Module, directory: str | os.PathLike, dtype: to
         used.add("lm_head.weight")
     unexpected = sorted(set(stored) - used)
     if unexpected:
-        raise GptlabError(f"{weights.path}: unexpected tensor {stored[unexpected[0]]} ({len(unexpected)} unexpected in all)")
+        key = stored[unexpected[0]]
+        raise GptlabError(f"{weights.where(key)}: unexpected tensor {key} ({len(unexpected)} unexpected in all; "
+                          "does config.json match the weights?)")
     model.load_state_dict(state, assign=True, strict=True)
     if cfg.tie_weights:
         model.out_head.weight = model.tok_emb.weight  # assign=True replaced the shared Parameter; re-tie
 
 
-def hf_state_dict(model: torch.nn.Module, prefix: str = "transformer.") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(HF name, tensor)`` pairs for a GPT ``model`` in GPT-2's layout (Conv1D weights transposed)."""
+def hf_state_dict(model: torch.nn.Module, prefix: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(HF name, tensor)`` pairs for a GPT ``model`` in its family's Hugging Face layout.
+
+    GPT-2: Conv1D weights transposed, prefix ``transformer.``; Llama/Qwen: prefix ``model.``, a fused
+    q/k/v split in three. The head is left out when it is tied to the token embedding.
+    """
     cfg = model.cfg
+    if prefix is None:
+        prefix = "transformer." if cfg.family == "gpt2" else "model."
     for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
         if name == "out_head.weight":
             if not cfg.tie_weights:
-                yield "lm_head.weight", tensor.detach().contiguous()
+                yield "lm_head.weight", tensor.contiguous()
             continue
-        hf, transposed = hf_name(name)
-        tensor = tensor.detach()
-        yield prefix + hf, (tensor.t() if transposed else tensor).contiguous()
-        if name.endswith("att.qkv.weight") and not cfg.qkv_bias:
+        parts, transposed = hf_names(name, cfg)
+        if len(parts) > 1:
+            for hf, piece in zip(parts, tensor.split([cfg.q_dim, cfg.kv_dim, cfg.kv_dim])):
+                yield prefix + hf, piece.contiguous()
+            continue
+        yield prefix + parts[0], (tensor.t() if transposed else tensor).contiguous()
+        if cfg.family == "gpt2" and name.endswith("att.qkv.weight") and not cfg.qkv_bias:
             # GPT2LMHeadModel always has this bias; zeros make it compute exactly what gptlab does.
-            yield prefix + hf.replace("weight", "bias"), torch.zeros(3 * cfg.emb_dim, dtype=tensor.dtype)
+            yield prefix + parts[0].replace("weight", "bias"), torch.zeros(3 * cfg.emb_dim, dtype=tensor.dtype)
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
-    """Write a GPT ``model`` as ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
+    """Write a GPT ``model`` as ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically).
+
+    The config names the Hugging Face class that computes the same function (``GPT2LMHeadModel``,
+    ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` or ``Qwen3ForCausalLM``); a model none of them can
+    express is refused before anything is written.
+    """
     directory = Path(directory)
+    dtype = model.tok_emb.weight.dtype
+    hf_config = config_to_hf(model.cfg, dtype)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dict(hf_state_dict(model))
-    dtype = model.tok_emb.weight.dtype
     fd, tmp = tempfile.mkstemp(prefix=f".{SAFETENSORS}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -360,4 +621,4 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_text(directory / "config.json", json.dumps(config_to_hf(model.cfg, dtype), indent=2) + "\n")
+    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")

@@ -12,7 +12,10 @@ import torch
 
 
 class KVCache:
-    """Pre-allocated ``[batch, heads, max_len, head_dim]`` key and value buffers for every layer."""
+    """Pre-allocated ``[batch, kv_heads, max_len, head_dim]`` key and value buffers for every layer.
+
+    With grouped-query attention only the key/value heads are stored (Llama 3.2 1B: 8, not 32).
+    """
 
     def __init__(
         self,
@@ -39,7 +42,7 @@ class KVCache:
         return cls(
             cfg.n_layers,
             batch_size,
-            cfg.n_heads,
+            cfg.kv_heads,
             cfg.head_dim,
             min(max_len or cfg.context_length, cfg.context_length),
             dtype=weight.dtype,

@@ -48,7 +48,8 @@ def count_parameters(cfg: GPTConfig) -> tuple[int, int]:
 
 def kv_cache_bytes(cfg: GPTConfig, context: int, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of a full KV cache: keys and values, every layer, ``batch_size x context`` positions."""
-    return 2 * cfg.n_layers * batch_size * context * cfg.emb_dim * dtype.itemsize
+    # Only the key/value heads are cached: grouped-query attention's saving is here.
+    return 2 * cfg.n_layers * batch_size * context * cfg.kv_dim * dtype.itemsize
 
 
 def estimate_memory(

@@ -59,7 +59,7 @@ class SlotCache:
         """A cache for ``model`` (a :class:`gptlab.model.GPT`) with room for its whole context per slot."""
         cfg = model.cfg
         weight = model.tok_emb.weight
-        return cls(cfg.n_layers, slots, cfg.n_heads, cfg.head_dim, cfg.context_length,
+        return cls(cfg.n_layers, slots, cfg.kv_heads, cfg.head_dim, cfg.context_length,
                    dtype=weight.dtype, device=weight.device)
 
     # ------------------------------------------------------------------ the model's cache interface

@@ -215,7 +215,7 @@ def test_unsupported_config_and_missing_files(checkpoint_copy, tmp_path_factory)
     empty = tmp_path_factory.mktemp("empty")
     config["activation_function"] = "gelu_new"
     (empty / "config.json").write_text(json.dumps(config))
-    with pytest.raises(GptlabError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(GptlabError, match="no model.safetensors, model.safetensors.index.json or pytorch_model.bin"):
         GPT.from_pretrained(empty)
     with pytest.raises(GptlabError, match="not a folder with config.json"):
         GPT.from_pretrained(tmp_path_factory.mktemp("x") / "does-not-exist")
