@@ -129,6 +129,7 @@ def download_file(
     source: str,
     hint: str = "removed it, try again",
     progress: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial one, then check and rename it.
 
@@ -136,6 +137,7 @@ def download_file(
     scratch if the server ignores it). The finished file must match ``expected``, else it is removed
     and :class:`GptlabError` says ``{dest}: downloaded file does not match {source} (...); {hint}``.
     Network errors are raised as they are (:class:`OSError`); wrap the call in :func:`offline_errors`.
+    ``headers`` (an access token) go to ``url`` only, not to where it redirects.
     """
     import urllib.error
     import urllib.request
@@ -147,6 +149,11 @@ def download_file(
     if expected.size is None or have < expected.size:
         # A plain GET needs no Request object (and urllib sends "Accept-Encoding: identity" by itself).
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"}) if have else url
+        if headers:
+            request = request if isinstance(request, urllib.request.Request) else urllib.request.Request(url)
+            for key, value in headers.items():
+                # Unredirected: a token for the hub must not reach the storage host it redirects to.
+                request.add_unredirected_header(key, value)
         try:
             with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
                 if have and response.status != 206:

@@ -71,3 +71,23 @@ def save_tiny_gpt(path: Path, seed: int = 0, **fields) -> str:
 def tiny_gpt_folder():
     """:func:`save_tiny_gpt` as a fixture (the test folders are not an importable package)."""
     return save_tiny_gpt
+
+
+def save_tiny_llama(path: Path, seed: int = 0, **fields) -> str:
+    """A tiny random model of the Llama design (RMSNorm, RoPE, SwiGLU, grouped-query attention, separate
+    q/k/v) with GPT-2's vocabulary, saved by gptlab at ``path``; returns it. ``fields`` override the
+    config (``qk_norm=True`` makes it Qwen3-like, ``qkv_bias=True`` Qwen2-like)."""
+    from gptlab.model import GPT
+    from gptlab.model.config import modern
+
+    config = dict(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
+                  ff_dim=64, tie_weights=True) | fields
+    torch.manual_seed(seed)
+    GPT(modern(**config)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder():
+    """:func:`save_tiny_llama` as a fixture."""
+    return save_tiny_llama

@@ -1,18 +1,23 @@
-"""``gptlab bench model``: gptlab's GPT against ``transformers``' GPT2LMHeadModel on this CPU.
+"""``gptlab bench model``: gptlab's model against ``transformers`` on this CPU, for two designs.
 
-Both sides get the same GPT-2 124M weights (random, seeded, written once by ``transformers`` and read
-by both), the same inputs and the same thread count, and are timed in the same process, interleaved
-(ours, theirs, ours, theirs, ...) after a warm-up; each figure is the median of the repeats. Host load
+* ``gpt2``: GPT-2 124M against ``GPT2LMHeadModel``;
+* ``qwen3``: the Qwen3-0.6B shape (16 query heads sharing 8 key/value heads of 128, q/k norms, RoPE,
+  SwiGLU, a 151,936-token tied head) against ``Qwen3ForCausalLM``.
+
+Both sides get the same weights (random, seeded, written once by ``transformers`` and read by both),
+the same inputs and the same thread count, and are timed in the same process, interleaved (ours,
+theirs, ours, theirs, ...) after a warm-up; each figure is the median of the repeats. Host load
 drifts, so only ratios measured side by side mean anything.
 
-Measured:
+Measured, for each family:
 
-1. generation, batch 1 and batch 8, greedy, 16-token prompt, 200 new tokens: gptlab in bf16 (and its
-   other fast modes) against the faster of ``transformers``' fp32 and bf16 ``generate``;
-2. the KV cache: gptlab fp32 with the cache against gptlab fp32 without it;
-3. a training step (forward + backward + AdamW, batch 4 x 256): gptlab fp32 against ``transformers``
-   fp32, both with the same fused AdamW (``transformers``' Trainer default), and gptlab under bf16
-   autocast against gptlab fp32.
+1. generation, batch 1 and batch 8, greedy, 16-token prompt: gptlab in bf16 (and, for GPT-2, its
+   compiled mode) against the faster of ``transformers``' fp32 and bf16 ``generate``;
+2. the KV cache: gptlab with the cache against gptlab without it (fp32 for GPT-2; bf16 for Qwen3,
+   whose cache holds only the 8 key/value heads);
+3. GPT-2 only, a training step (forward + backward + AdamW, batch 4 x 256): gptlab fp32 against
+   ``transformers`` fp32, both with the same fused AdamW (``transformers``' Trainer default), and
+   gptlab under bf16 autocast against gptlab fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from gptlab.errors import GptlabError
 PROMPT_LEN = 16
 NEW_TOKENS = 200
 TRAIN_BATCH, TRAIN_SEQ = 4, 256
+FAMILIES = ("gpt2", "qwen3")
+# A 0.6B model decodes ~6x slower than GPT-2 124M here: fewer new tokens keep the run in minutes.
+NEW_TOKENS_BY_FAMILY = {"gpt2": NEW_TOKENS, "qwen3": 64}
 
 
 def _log(msg: str) -> None:
@@ -41,19 +49,40 @@ def _log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------ setup
 
 
-def _reference_weights(directory: str) -> None:
-    """Random GPT-2 124M weights written by ``transformers`` (the layout both sides read)."""
+def _reference_weights(directory: str, family: str = "gpt2") -> None:
+    """Random weights written by ``transformers`` (the layout both sides read): GPT-2 124M, or the
+    Qwen3-0.6B shape in bf16 (its published dtype)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config()).save_pretrained(directory)
+    if family == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        GPT2LMHeadModel(GPT2Config()).save_pretrained(directory)
+        return
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from gptlab.model.config import PRESETS
+    from gptlab.model.hf import config_to_hf
+
+    config = Qwen3Config(**config_to_hf(PRESETS["qwen3-0.6b"], torch.bfloat16))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # 1.2 GB of random weights built in bf16, not 2.4 GB in fp32
+    try:
+        Qwen3ForCausalLM(config).save_pretrained(directory)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _vocab_size(directory: str) -> int:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        return int(json.load(f)["vocab_size"])
 
 
 def _hf_model(directory: str, dtype):  # noqa: ANN001, ANN202
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    model = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
     # No early stop on EOS: both sides must generate exactly the same number of tokens.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
@@ -72,12 +101,14 @@ def _gen_rate(fn: Callable[[], Any], tokens: int) -> Callable[[], float]:
     return run
 
 
-def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, modes: list[str]) -> Result:
+def bench_generation(
+    directory: str, batch: int, new_tokens: int, repeats: int, modes: list[str], label: str = ""
+) -> Result:
     """Greedy tokens/s of gptlab (each of ``modes``) and of transformers fp32 and bf16 generate."""
     import torch
 
     torch.manual_seed(1)
-    prompt = torch.randint(0, 50257, (batch, PROMPT_LEN))
+    prompt = torch.randint(0, _vocab_size(directory), (batch, PROMPT_LEN))
     mask = torch.ones_like(prompt)
     contenders: dict[str, Callable[[], float]] = {}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -101,7 +132,7 @@ def bench_generation(directory: str, batch: int, new_tokens: int, repeats: int, 
     ref_name = max((n for n in samples if n.startswith("transformers")), key=lambda n: median(samples[n]))
     best = max((n for n in samples if n.startswith("gptlab")), key=lambda n: median(samples[n]))
     return Result(
-        name=f"generate batch {batch}",
+        name=f"{label}generate batch {batch}",
         unit="tokens/s",
         ours=median(samples[best]),
         reference=median(samples[ref_name]),
@@ -123,27 +154,30 @@ def _our_generation_model(directory: str, mode: str):  # noqa: ANN202
     return GPT.from_pretrained(directory, dtype=dtype), {"compile": mode.endswith("+compile")}
 
 
-def bench_kv_cache(directory: str, new_tokens: int, repeats: int) -> Result:
-    """gptlab fp32 greedy tokens/s with and without the KV cache (batch 1)."""
+def bench_kv_cache(
+    directory: str, new_tokens: int, repeats: int, dtype_name: str = "fp32", label: str = ""
+) -> Result:
+    """gptlab greedy tokens/s with and without the KV cache (batch 1), in ``dtype_name``."""
     import torch
 
     from gptlab.model import GPT
 
     torch.manual_seed(1)
-    prompt = torch.randint(0, 50257, (1, PROMPT_LEN))
-    model = GPT.from_pretrained(directory)
+    prompt = torch.randint(0, _vocab_size(directory), (1, PROMPT_LEN))
+    model = GPT.from_pretrained(directory, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+    with_cache, without = f"gptlab {dtype_name} cache", f"gptlab {dtype_name} no cache"
     contenders = {
-        "gptlab fp32 cache": _gen_rate(lambda: model.generate(prompt, new_tokens), new_tokens),
-        "gptlab fp32 no cache": _gen_rate(lambda: model.generate(prompt, new_tokens, use_cache=False), new_tokens),
+        with_cache: _gen_rate(lambda: model.generate(prompt, new_tokens), new_tokens),
+        without: _gen_rate(lambda: model.generate(prompt, new_tokens, use_cache=False), new_tokens),
     }
     samples = interleaved(contenders, repeats, warmup=0)
     return Result(
-        name="KV cache vs none",
+        name=f"{label}KV cache vs none",
         unit="tokens/s",
-        ours=median(samples["gptlab fp32 cache"]),
-        reference=median(samples["gptlab fp32 no cache"]),
-        ours_label="gptlab fp32 cache",
-        reference_label="gptlab fp32 no cache",
+        ours=median(samples[with_cache]),
+        reference=median(samples[without]),
+        ours_label=with_cache,
+        reference_label=without,
         target=4.0,
         samples=samples,
         note=f"batch 1, greedy, {PROMPT_LEN}-token prompt, {new_tokens} new tokens",
@@ -230,9 +264,14 @@ def bench_training(directory: str, repeats: int, compile_model: bool) -> list[Re
 
 
 def run_benchmarks(
-    quick: bool = False, only: list[str] | None = None, compile_model: bool = True, repeats: int | None = None
+    quick: bool = False,
+    only: list[str] | None = None,
+    compile_model: bool = True,
+    repeats: int | None = None,
+    families: list[str] | None = None,
 ) -> list[Result]:
-    """Run the selected comparisons (``generate``, ``cache``, ``train``); ``quick`` shortens them."""
+    """Run the selected comparisons (``generate``, ``cache``, ``train``) for each of ``families``
+    (``gpt2``, ``qwen3``; both by default); ``quick`` shortens them."""
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -240,23 +279,30 @@ def run_benchmarks(
     import torch
 
     only = only or ["generate", "cache", "train"]
-    new_tokens = 50 if quick else NEW_TOKENS
+    families = families or list(FAMILIES)
     repeats = repeats or (2 if quick else 3)
     results: list[Result] = []
     _log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quick={quick}")
-    with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as directory:
-        _reference_weights(directory)
-        if "generate" in only:
-            for batch in (1, 8):
-                _log(f"generation, batch {batch}")
-                modes = ["bf16"] + ([] if quick or not compile_model else ["bf16+compile"])
-                results.append(bench_generation(directory, batch, new_tokens, repeats, modes))
-        if "cache" in only:
-            _log("KV cache vs no cache")
-            results.append(bench_kv_cache(directory, new_tokens, repeats))
-        if "train" in only:
-            _log("training step")
-            results.extend(bench_training(directory, repeats, compile_model and not quick))
+    for family in families:
+        new_tokens = min(50, NEW_TOKENS_BY_FAMILY[family]) if quick else NEW_TOKENS_BY_FAMILY[family]
+        label = "" if family == "gpt2" else "qwen3-0.6b "
+        with tempfile.TemporaryDirectory(prefix="gptlab-bench-") as directory:
+            _log(f"{family}: writing random reference weights")
+            _reference_weights(directory, family)
+            if "generate" in only:
+                for batch in (1, 8):
+                    _log(f"{family}: generation, batch {batch}")
+                    # Compiling the decode step pays off for GPT-2; for a 28-layer 0.6B model the
+                    # compilation alone takes minutes, and eager bf16 is what serve and chat run.
+                    compiled = compile_model and not quick and family == "gpt2"
+                    modes = ["bf16"] + (["bf16+compile"] if compiled else [])
+                    results.append(bench_generation(directory, batch, new_tokens, repeats, modes, label))
+            if "cache" in only:
+                _log(f"{family}: KV cache vs no cache")
+                results.append(bench_kv_cache(directory, new_tokens, repeats, "fp32" if family == "gpt2" else "bf16", label))
+            if "train" in only and family == "gpt2":
+                _log("gpt2: training step")
+                results.extend(bench_training(directory, repeats, compile_model and not quick))
     return results
 
 
@@ -266,9 +312,11 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = run_benchmarks(quick=args.quick, only=args.only, compile_model=not args.no_compile, repeats=args.repeats)
+    results = run_benchmarks(quick=args.quick, only=args.only, compile_model=not args.no_compile, repeats=args.repeats,
+                             families=args.family)
     if args.json:
-        print(json.dumps({"target": "model", "quick": args.quick, "results": [r.to_dict() for r in results]}, indent=2))
+        print(json.dumps({"target": "model", "quick": args.quick, "families": args.family or list(FAMILIES),
+                          "results": [r.to_dict() for r in results]}, indent=2))
     else:
         print(format_table(results))
     return 0
@@ -278,11 +326,13 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     """Add ``model`` to the ``gptlab bench`` sub-commands."""
     p = subparsers.add_parser(
         "model",
-        help="GPT generation and training speed against transformers",
-        description="gptlab's GPT against transformers' GPT2LMHeadModel on this CPU, same weights and inputs: "
-        "generation (batch 1 and 8), the KV cache, and a training step. Ratios come from one run: "
-        "medians of interleaved repeats after a warm-up.",
+        help="generation and training speed against transformers (GPT-2 and Qwen3 shapes)",
+        description="gptlab's model against transformers on this CPU, same weights and inputs: GPT-2 124M "
+        "(GPT2LMHeadModel) and the Qwen3-0.6B shape (Qwen3ForCausalLM): generation (batch 1 and 8), the KV "
+        "cache, and (GPT-2) a training step. Ratios come from one run: medians of interleaved repeats after a warm-up.",
     )
+    p.add_argument("--family", nargs="+", choices=list(FAMILIES), default=None,
+                   help="which designs to measure (default: both)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats, no compilation (a smoke run)")
     p.add_argument("--only", nargs="+", choices=["generate", "cache", "train"], help="run only these comparisons")

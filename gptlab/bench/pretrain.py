@@ -1,5 +1,5 @@
 """``gptlab bench pretrain``: the book's chapter 5 check, time to quality against nanoGPT's CPU recipe,
-the best loss in 5 minutes, and throughput / MFU.
+the best loss in 5 minutes, GPT-2's design against Llama's, and throughput / MFU.
 
 1. Book check: the-verdict with the book's settings (GPT_CONFIG_124M at context 256, batch 2, AdamW
    lr 4e-4, weight decay 0.1, 10 epochs, seed 123, PyTorch's default init, eval every 5 steps on 5
@@ -7,7 +7,13 @@ the best loss in 5 minutes, and throughput / MFU.
 2. Time to quality on tinyshakespeare, character level, last 10% as validation: wall seconds until the
    validation loss reaches 1.88, for nanoGPT's CPU recipe (:mod:`gptlab.bench.nanogpt_recipe`) and for
    gptlab with its fast settings, in the same run, both evaluated on the whole validation split.
+   Precision, attention path and batch size are chosen by a short calibration on the machine at
+   hand (the fastest measured), and the modern design (RoPE, RMSNorm, SwiGLU, grouped-query
+   attention) races too, at the same parameter count.
 3. The best validation loss gptlab reaches within a wall-clock budget (5 minutes by default).
+4. Designs: a GPT-2-style and a Llama-style model of the same parameter count, trained on the same
+   data with the same settings for the same wall time, on tinyshakespeare (characters) and on the
+   python-stdlib corpus (BPE 4,096): validation losses at equal time and at equal tokens, tokens/s.
 """
 
 from __future__ import annotations
@@ -50,8 +56,108 @@ FAST_CHAR = dict(
 )
 
 
+# Tokens the race model needs to reach the target at each batch size (measured: convergence per token
+# does not depend on the machine, so only the throughput is measured again), with the steps the cosine
+# is planned over. Smaller batches need fewer tokens but pay the per-step overhead more often.
+RACE_BATCHES = {16: (1.0e6, 2000), 32: (1.2e6, 1000)}
+
+
 def _quiet(_msg: str) -> None:
     pass
+
+
+def matched_llama(model: dict, vocab: int, base: str = "gpt-nano") -> dict:
+    """Llama-style model fields with ``model``'s width, depth, heads and context, half as many key/value
+    heads, and the SwiGLU width that brings the parameter count closest to the GPT-style model's."""
+    from gptlab.model.config import GPTConfig
+    from gptlab.model.memory import count_parameters
+
+    target = count_parameters(GPTConfig.from_preset(base, vocab_size=vocab, **model))[0]
+    heads = model["n_heads"]
+    fields = {k: v for k, v in model.items() if k in ("emb_dim", "n_heads", "n_layers", "context_length",
+                                                       "drop_rate", "attn_impl")}
+    fields["n_kv_heads"] = heads // 2 if heads % 2 == 0 else heads
+
+    def params(ff: int) -> int:
+        return count_parameters(GPTConfig.from_preset("llama-nano", vocab_size=vocab, ff_dim=ff, **fields))[0]
+
+    width = fields["emb_dim"]
+    best = min(range(8, 8 * width, 8), key=lambda ff: abs(params(ff) - target))
+    return {**fields, "ff_dim": best}
+
+
+def _race_model(work: Path, data_dir: Path, cfg_fields: dict) -> float:
+    """Tokens/s of a few training steps of the race model with ``cfg_fields`` (precision, attention, batch)."""
+    import torch
+
+    from gptlab.data.prepared import PreparedData
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.model.device import autocast
+    from gptlab.train.optim import make_adamw
+
+    data = PreparedData(data_dir)
+    tokens = torch.from_numpy(data.train.tokens[:200_000].astype("int64"))
+    preset, batch, block = cfg_fields["preset"], cfg_fields["batch_size"], cfg_fields["block_size"]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset(preset, vocab_size=data.n_vocab, **cfg_fields["model"])).train()
+    opt = make_adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
+    bf16 = cfg_fields["precision"] == "bf16"
+
+    def step() -> None:
+        ix = torch.randint(len(tokens) - block - 1, (batch,))
+        x = torch.stack([tokens[i:i + block] for i in ix])
+        y = torch.stack([tokens[i + 1:i + 1 + block] for i in ix])
+        with autocast(torch.device("cpu"), bf16):
+            _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    start, steps = time.perf_counter(), 0
+    while steps < 8 or time.perf_counter() - start < 0.8:
+        step()
+        steps += 1
+    return steps * batch * block / (time.perf_counter() - start)
+
+
+def calibrate_race(work: Path, data_dir: Path, base: dict) -> dict:
+    """Pick the race's precision, attention path and batch by measuring them here.
+
+    Precision and attention path change only the speed, so the fastest wins. The batch size also
+    changes how many tokens the target takes (:data:`RACE_BATCHES`), so the winner is the batch with
+    the least estimated time: tokens needed / tokens per second measured now.
+    """
+    start = time.perf_counter()
+    speeds: dict[str, float] = {}
+    best_key, best_speed = None, 0.0
+    for precision in ("bf16", "fp32"):
+        for attn in ("explicit", "sdpa"):
+            fields = {**base, "precision": precision, "model": {**base["model"], "attn_impl": attn}}
+            speed = _race_model(work, data_dir, fields)
+            speeds[f"{precision}/{attn}/b{base['batch_size']}"] = speed
+            if speed > best_speed:
+                best_key, best_speed = (precision, attn), speed
+    precision, attn = best_key
+    estimates = {}
+    for batch, (tokens, _) in RACE_BATCHES.items():
+        key = f"{precision}/{attn}/b{batch}"
+        if key not in speeds:
+            fields = {**base, "batch_size": batch, "precision": precision,
+                      "model": {**base["model"], "attn_impl": attn}}
+            speeds[key] = _race_model(work, data_dir, fields)
+        estimates[batch] = tokens / speeds[key]
+    batch = min(estimates, key=estimates.get)
+    return {
+        "precision": precision,
+        "attn_impl": attn,
+        "batch_size": batch,
+        "max_steps": RACE_BATCHES[batch][1],
+        "tokens_per_sec": {k: round(v) for k, v in speeds.items()},
+        "estimated_seconds": {str(b): round(t, 1) for b, t in estimates.items()},
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def book_check(work: Path, precision: str = "fp32", progress: bool = False) -> dict:
@@ -93,13 +199,18 @@ def _char_data(work: Path) -> Path:
     return out
 
 
-def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: bool = False) -> dict:
-    """nanoGPT's recipe and gptlab racing to ``target`` validation loss, evaluated identically."""
+def time_to_quality(
+    work: Path, target: float = TARGET_LOSS, skip_reference: bool = False, modern: bool = True, calibrate: bool = True
+) -> dict:
+    """nanoGPT's recipe and gptlab (GPT-2's design, and the modern one) racing to ``target`` validation
+    loss, evaluated identically; gptlab's precision, attention path and batch calibrated here first."""
     import numpy as np
     import torch.nn.functional as F
 
     from gptlab.bench.nanogpt_recipe import run_recipe
     from gptlab.data.prepared import PreparedData
+    from gptlab.model.config import GPTConfig
+    from gptlab.model.memory import count_parameters
     from gptlab.train import TrainConfig, pretrain
     from gptlab.train.batches import eval_windows
 
@@ -127,30 +238,48 @@ def time_to_quality(work: Path, target: float = TARGET_LOSS, skip_reference: boo
             "history": ref["history"],
         }
     n_val_batches = len(val_batches) * 256 // FAST_CHAR["eval_batch_size"] + 1
-    history: list = []
+    settings = {**FAST_CHAR, "precision": "auto"}
+    if calibrate:
+        out["calibration"] = calibrate_race(work, data_dir, settings)
+        cal = out["calibration"]
+        settings.update(precision=cal["precision"], batch_size=cal["batch_size"], max_steps=cal["max_steps"],
+                        model={**settings["model"], "attn_impl": cal["attn_impl"]})
+    entries = {"gptlab": settings}
+    if modern:
+        entries["gptlab llama"] = {**settings, "preset": "llama-nano",
+                                   "model": matched_llama(settings["model"], data.n_vocab)}
+    for key, entry in entries.items():
+        history: list = []
 
-    def on_eval(rec: dict) -> bool:
-        history.append((rec["step"], rec["elapsed"], rec["val_loss"]))
-        return rec["val_loss"] <= target
+        def on_eval(rec: dict, history: list = history) -> bool:
+            history.append((rec["step"], rec["elapsed"], rec["val_loss"]))
+            return rec["val_loss"] <= target
 
-    cfg = TrainConfig(data=str(data_dir), time_budget="", eval_batches=n_val_batches, sample_tokens=1,
-                      out=str(work / "ttq"), keep_last=1, **FAST_CHAR)
-    shutil.rmtree(work / "ttq", ignore_errors=True)
-    res = pretrain(cfg, progress=False, on_eval=on_eval, log=_quiet)
-    reached = next((t for _, t, v in history if v <= target), None)
-    out["gptlab"] = {
-        "settings": FAST_CHAR,
-        "seconds_to_target": reached,
-        "final_val_loss": history[-1][2],
-        "tokens_per_sec": res.tokens_per_sec,
-        "mfu": res.mfu,
-        "history": history,
-    }
+        run_dir = work / ("ttq" if key == "gptlab" else "ttq-llama")
+        cfg = TrainConfig(data=str(data_dir), time_budget="", eval_batches=n_val_batches, sample_tokens=1,
+                          out=str(run_dir), keep_last=1, **entry)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        res = pretrain(cfg, progress=False, on_eval=on_eval, log=_quiet)
+        reached = next((t for _, t, v in history if v <= target), None)
+        out[key] = {
+            "settings": entry,
+            "parameters": count_parameters(GPTConfig.from_preset(entry["preset"], vocab_size=data.n_vocab,
+                                                                 **entry["model"]))[0],
+            "seconds_to_target": reached,
+            "final_val_loss": history[-1][2],
+            "tokens_per_sec": res.tokens_per_sec,
+            "mfu": res.mfu,
+            "history": history,
+        }
+        if "reference" in out:
+            ref_time = out["reference"]["seconds_to_target"] or out["reference"]["seconds_total"]
+            out["reference_time_used"] = ref_time
+            out[key]["ratio"] = (reached / ref_time) if reached else None
+            if calibrate and reached:
+                out[key]["ratio_with_calibration"] = (reached + out["calibration"]["seconds"]) / ref_time
     if "reference" in out:
-        ref_time = out["reference"]["seconds_to_target"] or out["reference"]["seconds_total"]
-        out["reference_time_used"] = ref_time
-        out["ratio"] = (reached / ref_time) if reached else None
-        out["pass"] = bool(reached and reached <= 0.5 * ref_time)
+        out["ratio"] = out["gptlab"]["ratio"]
+        out["pass"] = bool(out["ratio"] and out["ratio"] <= 0.5)
     return out
 
 
@@ -185,6 +314,80 @@ def best_in_budget(work: Path, budget: str = "5m") -> dict:
     }
 
 
+# The two corpora of the design comparison, with the GPT-style model each trains (the Llama-style one is
+# matched to it by matched_llama) and the settings both share. No dropout, exact GELU: the fast settings.
+DESIGN_SETUPS = {
+    "tinyshakespeare (char)": dict(
+        data="tinyshakespeare", tokenizer="char",
+        model=dict(emb_dim=192, n_heads=6, n_layers=6, context_length=128, drop_rate=0.0, activation="gelu"),
+        block_size=128, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=100, eval_batches=10, eval_batch_size=128,
+    ),
+    "python-stdlib (BPE 4,096)": dict(
+        data="python-stdlib", tokenizer="bpe:4096",
+        model=dict(emb_dim=256, n_heads=4, n_layers=4, context_length=256, drop_rate=0.0, activation="gelu"),
+        block_size=256, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=50, eval_batches=10, eval_batch_size=64,
+    ),
+}
+
+
+def _prepared(work: Path, data: str, tokenizer: str) -> Path:
+    """``data`` tokenized once for every run that uses it (a BPE is trained once, not per run)."""
+    from gptlab.data.prep import prepare
+    from gptlab.train.config import TrainConfig
+
+    out = work / f"{data}-{tokenizer.replace(':', '')}"
+    if not (out / "meta.json").is_file():
+        prepare(data, out, tokenizer=tokenizer, val_fraction=0.1, max_bytes=TrainConfig().max_chars or None)
+    return out
+
+
+def compare_designs(work: Path, budget: str = "2m", setups: list[str] | None = None) -> dict:
+    """GPT-2's design against Llama's at the same parameter count, same data, settings and wall time."""
+    from gptlab.data.prepared import PreparedData
+    from gptlab.model.config import GPTConfig
+    from gptlab.model.memory import count_parameters
+    from gptlab.train import TrainConfig, pretrain
+
+    results: dict = {"budget": budget, "setups": {}}
+    for name in setups or list(DESIGN_SETUPS):
+        setup = dict(DESIGN_SETUPS[name])
+        data_dir = _prepared(work, setup.pop("data"), setup.pop("tokenizer"))
+        vocab = PreparedData(data_dir).n_vocab
+        gpt_model = setup.pop("model")
+        designs = {"gpt2": ("gpt-nano", gpt_model), "llama": ("llama-nano", matched_llama(gpt_model, vocab))}
+        entry: dict = {}
+        for design, (preset, model) in designs.items():
+            run_dir = work / f"design-{design}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cfg = TrainConfig(data=str(data_dir), preset=preset, model=model, time_budget=budget, sample_tokens=1,
+                              out=str(run_dir), keep_last=1, **setup)
+            res = pretrain(cfg, progress=False, log=_quiet)
+            entry[design] = {
+                "preset": preset,
+                "model": model,
+                "parameters": count_parameters(GPTConfig.from_preset(preset, vocab_size=vocab, **model))[0],
+                "val_loss": res.val_loss,
+                "best_val_loss": res.best_val_loss,
+                "steps": res.step,
+                "tokens": res.tokens,
+                "tokens_per_sec": res.tokens_per_sec,
+                "mfu": res.mfu,
+                "history": [(r["step"], r["tokens"], r["elapsed"], r["val_loss"]) for r in res.history],
+            }
+        # Equal tokens: both use the same batch and block, so the same step has seen the same tokens.
+        common = max(set(r[0] for r in entry["gpt2"]["history"]) & set(r[0] for r in entry["llama"]["history"]))
+        entry["equal_tokens"] = {
+            "step": common,
+            "tokens": next(r[1] for r in entry["gpt2"]["history"] if r[0] == common),
+            **{d: next(r[3] for r in entry[d]["history"] if r[0] == common) for d in ("gpt2", "llama")},
+        }
+        entry["winner_equal_time"] = min(("gpt2", "llama"), key=lambda d: entry[d]["best_val_loss"])
+        results["setups"][name] = entry
+    return results
+
+
 def register_target(sub: argparse._SubParsersAction) -> None:
     """Add ``gptlab bench pretrain``."""
     p = sub.add_parser(
@@ -198,6 +401,11 @@ def register_target(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-reference", action="store_true", help="race without running nanoGPT's recipe")
     p.add_argument("--skip-budget", action="store_true", help="skip the best-loss-in-a-budget run")
     p.add_argument("--budget", default="5m", help="wall time for the best-loss run (default 5m)")
+    p.add_argument("--skip-designs", action="store_true", help="skip the GPT-2 vs Llama design comparison")
+    p.add_argument("--design-budget", default="2m", help="wall time per design and corpus (default 2m; 4 runs)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="race with fixed settings (bf16 if fast here, explicit attention, batch 32) instead of measuring")
+    p.add_argument("--skip-modern", action="store_true", help="race only GPT-2's design, not the Llama-style one")
     p.add_argument("--book-precision", default="fp32", choices=["fp32", "bf16"], help="precision of the book check")
     p.add_argument("--work-dir", help="keep runs here (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -216,11 +424,15 @@ def _run(args: argparse.Namespace) -> int:
         out["book_check"] = book_check(work, args.book_precision)
         _print_book(out["book_check"], args.json)
     if not args.skip_race:
-        out["time_to_quality"] = time_to_quality(work, skip_reference=args.skip_reference)
+        out["time_to_quality"] = time_to_quality(work, skip_reference=args.skip_reference,
+                                                 modern=not args.skip_modern, calibrate=not args.no_calibrate)
         _print_race(out["time_to_quality"], args.json)
     if not args.skip_budget:
         out["best_in_budget"] = best_in_budget(work, args.budget)
         _print_budget(out["best_in_budget"], args.json)
+    if not args.skip_designs:
+        out["designs"] = compare_designs(work, args.design_budget)
+        _print_designs(out["designs"], args.json)
     out["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(out, indent=2))
@@ -247,13 +459,24 @@ def _print_race(r: dict, quiet: bool) -> None:
     if quiet:
         return
     print(f"time to validation loss {r['target']} (tinyshakespeare, char level, whole validation split)")
+    if "calibration" in r:
+        c = r["calibration"]
+        print(f"  calibration    : {c['precision']}, {c['attn_impl']} attention, batch {c['batch_size']} "
+              f"(measured in {c['seconds']:.1f}s: " + ", ".join(f"{k} {v:,}" for k, v in c["tokens_per_sec"].items())
+              + " tokens/s)")
     if "reference" in r:
         ref = r["reference"]
         reached = f"{ref['seconds_to_target']:.1f}s" if ref["seconds_to_target"] else f"not reached (final {ref['final_val_loss']:.3f})"
         print(f"  nanoGPT recipe : {reached}; whole run {ref['seconds_total']:.1f}s")
-    g = r["gptlab"]
-    reached = f"{g['seconds_to_target']:.1f}s" if g["seconds_to_target"] else f"not reached (final {g['final_val_loss']:.3f})"
-    print(f"  gptlab         : {reached}  ({g['tokens_per_sec']:,.0f} tokens/s, MFU {_fmt_mfu(g['mfu'])})")
+    for key, label in (("gptlab", "gptlab        "), ("gptlab llama", "gptlab llama  ")):
+        if key not in r:
+            continue
+        g = r[key]
+        reached = f"{g['seconds_to_target']:.1f}s" if g["seconds_to_target"] else f"not reached (final {g['final_val_loss']:.3f})"
+        ratio = f", ratio {g['ratio']:.2f}" if g.get("ratio") else ""
+        with_cal = f" ({g['ratio_with_calibration']:.2f} counting calibration)" if g.get("ratio_with_calibration") else ""
+        print(f"  {label} : {reached}  ({g['parameters']:,} parameters, {g['tokens_per_sec']:,.0f} tokens/s, "
+              f"MFU {_fmt_mfu(g['mfu'])}{ratio}{with_cal})")
     if "ratio" in r:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "n/a"
         print(f"  ratio gptlab / reference {ratio} (target <= 0.50)   {'PASS' if r['pass'] else 'FAIL'}")
@@ -265,3 +488,18 @@ def _print_budget(r: dict, quiet: bool) -> None:
     print(f"best validation loss in {r['budget']} (tinyshakespeare, char level)")
     print(f"  best {r['best_val_loss']:.4f} after {r['steps']} steps ({r['seconds']:.0f}s, "
           f"{r['tokens_per_sec']:,.0f} tokens/s, MFU {_fmt_mfu(r['mfu'])})")
+
+
+def _print_designs(r: dict, quiet: bool) -> None:
+    if quiet:
+        return
+    print(f"GPT-2 design vs Llama design, same parameter count, data, settings and wall time ({r['budget']} each)")
+    for name, e in r["setups"].items():
+        print(f"  {name}")
+        for d in ("gpt2", "llama"):
+            x = e[d]
+            print(f"    {d:<6} {x['parameters']:>10,} params  best val {x['best_val_loss']:.4f}  "
+                  f"{x['steps']} steps  {x['tokens_per_sec']:>8,.0f} tokens/s  MFU {_fmt_mfu(x['mfu'])}")
+        t = e["equal_tokens"]
+        print(f"    at equal tokens ({t['tokens']:,}, step {t['step']}): gpt2 {t['gpt2']:.4f}  llama {t['llama']:.4f}; "
+              f"lower loss in equal time: {e['winner_equal_time']}")

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (implies --trainable lora; default 16)")
     t.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha; the update is scaled by alpha/rank (default 16)")
     t.add_argument("--lora-targets", default="all",
-                   help="layers that get adapters: all, attn, qkv, ff, head or name patterns like 'blocks.*.att.qkv', comma-separated (default all)")
+                   help="layers that get adapters, comma-separated: all, attn, qkv, ff, head (GPT-2 or Llama layout), "
+                        "q, k, v, o, gate, up, down (Llama/Qwen), or name patterns like 'blocks.*.att.qkv' (default all)")
     t.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
     t.add_argument("--lm-epochs", type=int, default=0,
                    help="first adapt the base model as a language model on the training texts for N epochs (ULMFiT; default 0)")

@@ -71,7 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--drop-rate", type=float, default=None, help="set the model's dropout (default: keep the model's)")
     t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank instead of every weight")
     t.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 16)")
-    t.add_argument("--lora-targets", default=None, help="layers to adapt: attn, ff, qkv or patterns (default attn,ff)")
+    t.add_argument("--lora-targets", default=None,
+                   help="layers to adapt, comma-separated: attn, qkv, ff, head, all (GPT-2 or Llama layout), "
+                        "q, k, v, o, gate, up, down (Llama/Qwen), or name patterns like 'blocks.*.att.q_proj' "
+                        "(default attn,ff)")
     t.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA path (default 0)")
     t.add_argument("--config", metavar="FILE", help="TOML/YAML/JSON file with trainer settings")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an instruct run from its newest checkpoint")

@@ -22,6 +22,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None,
                    help="prompt style for chats: alpaca, phi3, plain, or a template (default: the model folder's "
                         "prompt_style.json, else plain 'User:/Assistant:')")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="most tokens (prompt + answer) per request; memory for this many is reserved per sequence "
+                        "(default: the model's context length, at most 4096)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,10 +74,15 @@ def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
 
     if max_batch < 1:
         raise GptlabError(f"--max-batch must be a positive integer, got {max_batch}")
+    if args.max_context is not None and args.max_context < 2:
+        raise GptlabError(f"--max-context must be at least 2 tokens, got {args.max_context}")
     dtype = parse_dtype(args.dtype)
     model, tok = load_model(args.model, dtype=dtype)
     fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style)
-    return model, tok, fmt, Engine(model, tok, max_batch=max_batch).start()
+    # The engine caps the context (and so the cache it allocates per sequence) even without the flag:
+    # published Llama/Qwen configs have windows of 32k-128k tokens.
+    engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context)
+    return model, tok, fmt, engine.start()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,7 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM (e.g. from a service manager) shuts down like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"gptlab serve: {name} at {server.url} (chat page at {server.url}/, API at {server.url}/v1, "
-          f"up to {engine.max_batch} sequences per step, prompt style {fmt.name}); Ctrl-C stops", flush=True)
+          f"up to {engine.max_batch} sequences per step of up to {engine.context_length} tokens, prompt style "
+          f"{fmt.name}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -158,7 +167,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from gptlab.serve.engine import SamplingParams
 
     model, tok, fmt, engine = _load(args, 1)
-    context = model.cfg.context_length
+    context = engine.context_length  # the model's window, or less under --max-context
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)
     interactive = sys.stdin.isatty()

@@ -15,7 +15,9 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--tokenizer", "tokenizer", "gpt2 | char | bpe:N (train an N-token BPE on the data) | tokenizer file (default bpe:4096)"),
     ("--max-chars", "max_chars", "read at most this many bytes of raw text (0 = all; default 8,000,000)"),
     ("--val-fraction", "val_fraction", "share of the tokens held out for validation (default 0.1)"),
-    ("--preset", "preset", "model preset (see gptlab info --list-presets; default gpt-micro)"),
+    ("--preset", "preset", "model preset (see gptlab info --list-presets; default gpt-micro): GPT-2's design "
+     "gpt-nano | gpt-micro | gpt-mini | gpt2..., or Llama's (RoPE, RMSNorm, SwiGLU, grouped-query attention) "
+     "llama-nano | llama-micro | llama-mini"),
     ("--init", "init", "weight init: gpt2 (N(0,0.02), default) or torch (PyTorch defaults, as the book's chapter 5)"),
     ("--batch-size", "batch_size", "sequences per micro-batch (default 16)"),
     ("--block-size", "block_size", "tokens per sequence (default: the model's context length)"),
@@ -70,16 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                    help="compile the model with torch.compile (falls back to eager with a warning)")
     p.add_argument("--model-set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a model field, e.g. --model-set n_layers=6 --model-set drop_rate=0.0")
+                   help="override a model field, e.g. --model-set n_layers=6 --model-set drop_rate=0.0, "
+                   "--model-set n_kv_heads=1, --model-set qk_norm=true, --model-set head_size=none")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its checkpoints are deleted once the new run starts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final result as JSON")
     p.set_defaults(func=_pretrain)
 
-    e = sub.add_parser("export", help="write a run's model in the Hugging Face GPT-2 format",
+    e = sub.add_parser("export", help="write a run's model in the Hugging Face format (GPT-2 or Llama)",
                        description="Write a pretraining run's model as config.json + model.safetensors, "
-                       "loadable by transformers' GPT2LMHeadModel and by gptlab generate --model DIR.")
+                       "loadable by transformers (GPT2LMHeadModel for GPT-2 presets, LlamaForCausalLM for "
+                       "llama-* presets) and by gptlab generate --model DIR.")
     e.add_argument("run_dir", help="a folder written by gptlab pretrain")
     e.add_argument("--out", required=True,
                    help="output folder to create, e.g. RUN/hf (not the run folder itself); a non-empty one needs --overwrite")
@@ -89,16 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _parse_model_set(items: list[str]) -> dict:
+    """``--model-set FIELD=VALUE`` items as GPTConfig overrides, each value typed as its field is."""
+    from gptlab.train.config import parse_model_value
+
     out = {}
     for item in items:
         if "=" not in item:
             raise GptlabError(f"--model-set {item!r}: expected FIELD=VALUE, e.g. n_layers=6")
         key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out[key.strip()] = value
+        out[key.strip()] = parse_model_value(key.strip(), raw)
     return out
 
 

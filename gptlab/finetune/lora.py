@@ -10,6 +10,12 @@ separate q/k/v matrices) gives each its own, so a fused layer carries ``splits =
 ``(A, B)`` pairs, one per output third. That is also what makes the book's count come out: every linear
 layer of the 124M two-class classifier at r = 16 leaves 2,666,528 trainable parameters.
 
+The Llama/Qwen layout (``fused_qkv=False``) has the three projections apart (``att.q_proj``, ``att.k_proj``,
+``att.v_proj``) and a gated feed-forward block (``ff.gate``, ``ff.up``, ``ff.down``); each of those is an
+ordinary one-adapter layer. The aliases (``attn``, ``qkv``, ``ff``, ``all``) name the layers of both layouts,
+so one ``--lora-targets`` value means the same thing on GPT-2 and on Llama; ``q``, ``k``, ``v``, ``o``,
+``gate``, ``up`` and ``down`` name single projections of the modern layout (peft's usual choice is ``q,v``).
+
 The wrapped layer keeps the base ``weight`` and ``bias`` under their own names (``blocks.0.att.qkv.weight``),
 so base checkpoints load into a LoRA model unchanged, and adds ``lora_A`` / ``lora_B`` beside them.
 """
@@ -21,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,22 +38,31 @@ from torch import nn
 
 from gptlab.errors import GptlabError
 
-# Every linear layer of a GPT: the book's choice for classification (appendix E).
-DEFAULT_TARGETS: tuple[str, ...] = (
-    "blocks.*.att.qkv",
-    "blocks.*.att.out_proj",
-    "blocks.*.ff.fc",
-    "blocks.*.ff.proj",
-    "out_head",
-)
+# The layers of each layout by role. GPT-2's: one fused qkv, a two-matrix MLP (fc, proj). The
+# Llama/Qwen layout: separate q/k/v projections and a gated MLP (gate, up, down). out_proj is shared.
+_QKV = ("blocks.*.att.qkv", "blocks.*.att.q_proj", "blocks.*.att.k_proj", "blocks.*.att.v_proj")
+_ATTN = (*_QKV, "blocks.*.att.out_proj")
+_FF = ("blocks.*.ff.fc", "blocks.*.ff.proj", "blocks.*.ff.gate", "blocks.*.ff.up", "blocks.*.ff.down")
 
-# Short names accepted in ``targets`` (and on the command line).
+# Every linear layer of a GPT, either layout: the book's choice for classification (appendix E). As
+# apply_lora's targets, say "all": given as a list, each of these patterns must match on its own.
+DEFAULT_TARGETS: tuple[str, ...] = (*_ATTN, *_FF, "out_head")
+
+# Short names accepted in ``targets`` (and on the command line). An alias may name layers that only one
+# layout has; it is enough that some of its patterns match (see apply_lora).
 TARGET_ALIASES: dict[str, tuple[str, ...]] = {
     "all": DEFAULT_TARGETS,
-    "attn": ("blocks.*.att.qkv", "blocks.*.att.out_proj"),
-    "qkv": ("blocks.*.att.qkv",),
-    "ff": ("blocks.*.ff.fc", "blocks.*.ff.proj"),
+    "attn": _ATTN,
+    "qkv": _QKV,
+    "ff": _FF,
     "head": ("out_head",),
+    "q": ("blocks.*.att.q_proj",),
+    "k": ("blocks.*.att.k_proj",),
+    "v": ("blocks.*.att.v_proj",),
+    "o": ("blocks.*.att.out_proj",),
+    "gate": ("blocks.*.ff.gate",),
+    "up": ("blocks.*.ff.up",),
+    "down": ("blocks.*.ff.down",),
 }
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -132,22 +148,40 @@ class LoRALinear(nn.Module):
         )
 
 
-def expand_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
-    """Patterns from ``targets``: aliases (``all``, ``attn``, ``qkv``, ``ff``, ``head``) and comma lists expanded."""
+def _target_items(targets: Sequence[str] | str) -> list[tuple[str, tuple[str, ...]]]:
+    """Each target as given (comma lists split) with the patterns it stands for (an alias's, or itself)."""
     if isinstance(targets, str):
         targets = [targets]
-    out: list[str] = []
+    items: list[tuple[str, tuple[str, ...]]] = []
     for item in targets:
         for part in str(item).split(","):
             part = part.strip()
             if part:
-                out.extend(TARGET_ALIASES.get(part, (part,)))
-    return tuple(dict.fromkeys(out))
+                items.append((part, TARGET_ALIASES.get(part, (part,))))
+    return items
 
 
-def _splits_for(name: str, module: nn.Linear) -> int:
-    # The fused attention projection: three independent adapters (query, key, value).
-    return 3 if name.rsplit(".", 1)[-1] == "qkv" and module.out_features % 3 == 0 else 1
+def expand_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
+    """Patterns from ``targets``: aliases (see :data:`TARGET_ALIASES`) and comma lists expanded, duplicates dropped."""
+    return tuple(dict.fromkeys(pat for _, pats in _target_items(targets) for pat in pats))
+
+
+def _layer_kinds(names: Sequence[str]) -> str:
+    """``blocks.0.att.q_proj, blocks.1.att.q_proj, out_head`` -> ``blocks.*.att.q_proj, out_head``."""
+    kinds = dict.fromkeys(re.sub(r"^blocks\.\d+\.", "blocks.*.", n) for n in names)
+    return ", ".join(kinds) or "none"
+
+
+def _splits_for(name: str, module: nn.Linear, parent: nn.Module) -> int:
+    """How many independent adapters a layer gets: 3 on a fused q/k/v projection, else 1."""
+    if name.rsplit(".", 1)[-1] != "qkv":
+        return 1
+    q_dim, kv_dim = getattr(parent, "q_dim", None), getattr(parent, "kv_dim", None)
+    if q_dim is not None and kv_dim is not None:
+        # A fused projection of grouped-query attention has a query part wider than the key and value
+        # parts; LoRALinear's slices are equal, so such a layer gets one adapter over the whole output.
+        return 3 if q_dim == kv_dim else 1
+    return 3 if module.out_features % 3 == 0 else 1
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -180,38 +214,48 @@ def apply_lora(
     model: nn.Module,
     rank: int,
     alpha: float,
-    targets: Sequence[str] | str = DEFAULT_TARGETS,
+    targets: Sequence[str] | str = "all",
     dropout: float = 0.0,
 ) -> int:
     """Wrap the linear layers whose qualified names match ``targets``; freeze every other parameter.
 
-    ``targets`` are fnmatch patterns over names like ``blocks.3.att.qkv`` or ``out_head`` (or the aliases
-    of :data:`TARGET_ALIASES`). Returns the number of trainable parameters left.
+    ``targets`` are fnmatch patterns over names like ``blocks.3.att.qkv``, ``blocks.3.att.q_proj`` or
+    ``out_head`` (or the aliases of :data:`TARGET_ALIASES`), as a list or comma-separated. Each target
+    must match at least one layer (an alias: any of its patterns), else :class:`GptlabError` names it
+    and the model's layers. Returns the number of trainable parameters left.
     """
+    items = _target_items(targets)
+    if not items:
+        raise GptlabError("--lora-targets: no layer pattern given")
     patterns = expand_targets(targets)
-    if not patterns:
-        raise GptlabError("LoRA targets: no layer pattern given")
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    matches = {pat: [n for n, _ in linear if fnmatch.fnmatchcase(n, pat)] for pat in patterns}
+    # Every target must find a layer: a name of the other layout (q on GPT-2's fused qkv, fc on Llama)
+    # or a typo would otherwise train less than asked without a word. Checked before anything changes.
+    unmatched = [item if pats == (item,) else f"{item} ({', '.join(pats)})"
+                 for item, pats in items if not any(matches[p] for p in pats)]
+    if unmatched:
+        raise GptlabError(
+            f"--lora-targets: {'; '.join(unmatched)} match no linear layer of this model "
+            f"(its linear layers: {_layer_kinds([n for n, _ in linear])})"
+        )
     fingerprint = _fingerprint(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+    chosen = {n for names in matches.values() for n in names}
+    for name, module in linear:
+        if name in chosen:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, LoRALinear(module, rank, alpha, dropout, _splits_for(name, module)))
-            wrapped.append(name)
-    if not wrapped:
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise GptlabError(
-            f"LoRA targets {', '.join(patterns)} match no linear layer (layers are named like {', '.join(names[:3])})"
-        )
+            setattr(parent, attr, LoRALinear(module, rank, alpha, dropout, _splits_for(name, module, parent)))
     # Remembered so an adapter saved later names the base it was trained on, even after a merge.
     model._lora_config = {
         "rank": rank,
         "alpha": float(alpha),
         "dropout": float(dropout),
-        "targets": list(patterns),
+        # Only the patterns that matched: an alias's patterns of the other layout would name nothing
+        # when the adapter is loaded again (where each pattern must match).
+        "targets": [pat for pat in patterns if matches[pat]],
         "base_fingerprint": fingerprint,
     }
     return count_trainable(model)
@@ -227,8 +271,33 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
+def tied_lora_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer, other)`` for each LoRA layer whose base weight is also the parameter ``other``.
+
+    A tied output head (GPT-2, the llama-* presets, Qwen3-0.6B) shares its matrix with ``tok_emb``.
+    """
+    params = list(model.named_parameters(remove_duplicate=False))
+    tied = []
+    for name, layer in lora_layers(model):
+        others = [n for n, p in params if p is layer.weight and not n.startswith(name + ".")]
+        if others:
+            tied.append((name, others[0]))
+    return tied
+
+
 def merge_lora(model: nn.Module) -> None:
-    """Fold every adapter into its base weight (see :meth:`LoRALinear.merge`)."""
+    """Fold every adapter into its base weight (see :meth:`LoRALinear.merge`).
+
+    Refuses (GptlabError) a model with an adapter on a tied weight: folding the head's update into
+    the matrix it shares with the token embedding would change the embedding too.
+    """
+    tied = tied_lora_layers(model)
+    if tied:
+        layer, other = tied[0]
+        raise GptlabError(
+            f"--lora-targets: cannot merge the adapter of {layer}, its weight is tied to {other} "
+            "(merging would change both); leave it out of the targets (e.g. attn,ff)"
+        )
     for _, m in lora_layers(model):
         m.merge()
 

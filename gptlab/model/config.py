@@ -255,7 +255,9 @@ PRESETS.update({
     "qwen3-4b": modern(emb_dim=2560, n_heads=32, n_layers=36, ff_dim=9728, **_QWEN3),
     "qwen3-8b": modern(emb_dim=4096, n_heads=32, n_layers=36, ff_dim=12288, **{**_QWEN3, "tie_weights": False}),
     "qwen2.5-0.5b": modern(emb_dim=896, n_heads=14, n_kv_heads=2, n_layers=24, ff_dim=4864, **_QWEN25),
-    "qwen2.5-1.5b": modern(emb_dim=1536, n_heads=12, n_kv_heads=2, n_layers=28, ff_dim=8960, **_QWEN25),
+    # The base 1.5B model's config.json says 131,072 positions (the 0.5B's, and the instruct models', 32,768).
+    "qwen2.5-1.5b": modern(emb_dim=1536, n_heads=12, n_kv_heads=2, n_layers=28, ff_dim=8960,
+                           **{**_QWEN25, "context_length": 131072}),
     "smollm2-135m": modern(emb_dim=576, n_heads=9, n_kv_heads=3, n_layers=30, ff_dim=1536, **_SMOLLM2),
     "smollm2-360m": modern(emb_dim=960, n_heads=15, n_kv_heads=5, n_layers=32, ff_dim=2560, **_SMOLLM2),
     "smollm2-1.7b": modern(emb_dim=2048, n_heads=32, n_kv_heads=32, n_layers=24, ff_dim=8192,

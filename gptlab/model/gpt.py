@@ -180,7 +180,7 @@ class GPT(nn.Module):
     def from_pretrained(
         cls, name_or_dir: str | os.PathLike, dtype: torch.dtype | None = None, download: bool = True
     ) -> GPT:
-        """A model from a Hugging Face GPT-2 folder or hub name (``gpt2`` ... ``gpt2-xl``), in eval mode.
+        """A model from a Hugging Face folder (GPT-2, Llama, Mistral, Qwen2, Qwen3) or a hub name, in eval mode.
 
         ``dtype`` converts the weights as they are read (e.g. ``torch.bfloat16`` for fast CPU inference);
         by default they keep the file's dtype. A hub name is downloaded into the cache once, unless

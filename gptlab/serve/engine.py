@@ -39,6 +39,13 @@ from gptlab.serve.text import TextStream
 from gptlab.tokenizer import Tokenizer
 
 
+# The longest prompt + completion served per request unless the caller says otherwise. The slot cache
+# is allocated up front for every slot at this length, and published models have context windows of
+# 32k to 128k tokens: llama-3.2-1b's 131,072 positions take 4 GiB of float32 keys and values per slot,
+# 32 GiB for 8 slots. GPT-2 (1,024) and the small presets are below the cap and keep their whole window.
+DEFAULT_MAX_CONTEXT = 4096
+
+
 @dataclass(frozen=True)
 class SamplingParams(SamplingConfig):
     """How one request is decoded: the sampling settings (OpenAI's defaults) and when to stop.
@@ -120,7 +127,12 @@ class Request:
 
 
 class Engine:
-    """Serve ``model`` to many concurrent requests with up to ``max_batch`` sequences decoded together."""
+    """Serve ``model`` to many concurrent requests with up to ``max_batch`` sequences decoded together.
+
+    ``max_context`` caps the tokens (prompt + completion) of one request, and so the slot cache's length
+    per slot: by default the model's context length, at most :data:`DEFAULT_MAX_CONTEXT`. Requests
+    longer than :attr:`context_length` are refused with :class:`ContextLengthExceeded`.
+    """
 
     def __init__(
         self,
@@ -128,16 +140,22 @@ class Engine:
         tokenizer: Tokenizer,
         max_batch: int = 8,
         eos_id: int | None = -1,
+        max_context: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise GptlabError(f"max_batch must be a positive integer, got {max_batch}")
+        if max_context is not None and (not isinstance(max_context, int) or max_context < 2):
+            raise GptlabError(f"max_context must be an integer >= 2 (a prompt token and one more), got {max_context!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.context_length = model.cfg.context_length
+        # What one request may use: the model's window, capped so that the slot cache (allocated now,
+        # for every slot) stays a sensible size on long-context models.
+        limit = DEFAULT_MAX_CONTEXT if max_context is None else max_context
+        self.context_length = min(model.cfg.context_length, limit)
         self.max_batch = max_batch
         self.eos_id = tokenizer.eot_id if eos_id == -1 else eos_id
         self.device = next(model.parameters()).device
-        self.cache = SlotCache.for_model(model, max_batch)
+        self.cache = SlotCache.for_model(model, max_batch, max_len=self.context_length)
         # A model whose vocabulary is padded past the tokenizer's must never emit the padding ids.
         self._n_vocab = tokenizer.n_vocab if tokenizer.n_vocab < model.cfg.vocab_size else None
         self._rows: list[Request] = []  # row r of the cache belongs to self._rows[r]

@@ -55,11 +55,17 @@ class SlotCache:
         self.shifts = {"right": 0, "left": 0}  # how often rows were moved (for tests and diagnostics)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, slots: int) -> SlotCache:
-        """A cache for ``model`` (a :class:`gptlab.model.GPT`) with room for its whole context per slot."""
+    def for_model(cls, model: torch.nn.Module, slots: int, max_len: int | None = None) -> SlotCache:
+        """A cache for ``model`` (a :class:`gptlab.model.GPT`) with room for ``max_len`` positions per slot.
+
+        ``max_len`` defaults to the model's whole context and is never more. Every slot's buffer is
+        allocated here, up front, so a caller serving a long-context model should pass a cap
+        (:class:`gptlab.serve.engine.Engine` does).
+        """
         cfg = model.cfg
         weight = model.tok_emb.weight
-        return cls(cfg.n_layers, slots, cfg.kv_heads, cfg.head_dim, cfg.context_length,
+        length = cfg.context_length if max_len is None else min(max_len, cfg.context_length)
+        return cls(cfg.n_layers, slots, cfg.kv_heads, cfg.head_dim, length,
                    dtype=weight.dtype, device=weight.device)
 
     # ------------------------------------------------------------------ the model's cache interface

@@ -111,6 +111,7 @@ class TrainConfig:
         if self.epochs < 0:
             raise GptlabError(f"epochs must be >= 0, got {self.epochs!r}")
         parse_duration(self.time_budget)
+        model_overrides(self.model, source="TrainConfig.model")  # a config built in code skips config_from_dict
 
     def has_stop(self) -> bool:
         """Whether any stop condition (steps, epochs, tokens, time) is set."""
@@ -165,8 +166,92 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             return value
     elif isinstance(default, dict):
         if isinstance(value, dict):
-            return dict(value)
+            return model_overrides(value, source) if key == "model" else dict(value)
     raise GptlabError(f"{source}: key {key!r} expects {type(default).__name__}, got {value!r}")
+
+
+def _field_kind(annotation: Any) -> tuple[str, bool]:
+    """``("int", True)`` for ``"int | None"``: a GPTConfig field's base type and whether None is allowed."""
+    # A string while gptlab.model.config postpones its annotations; a class (``int``) if it ever stops.
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [part.strip() for part in text.split("|")]
+    return parts[0].split("[")[0], "None" in parts
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "dict": "a table (dict)"}
+
+
+def model_overrides(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Check ``[model]`` overrides against :class:`gptlab.model.GPTConfig`'s fields and types; a typed copy.
+
+    GPTConfig itself checks the sizes' values, but not every field's type: a ``qk_norm = "false"``
+    (a non-empty string, so true) would silently build another model. Integers given for float
+    fields (``rope_theta = 500000``) become floats, so a resumed run compares equal to its saved config.
+    """
+    from gptlab.model.config import GPTConfig
+
+    fields = {f.name: f for f in dataclasses.fields(GPTConfig)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise GptlabError(
+                f"{source}: unknown GPTConfig field {key!r} in the model settings (known: {', '.join(fields)})"
+            )
+        kind, nullable = _field_kind(fields[key].type)
+        if value is None and nullable:
+            out[key] = None
+            continue
+        ok = {
+            "bool": isinstance(value, bool),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+            "dict": isinstance(value, dict),
+        }.get(kind, True)
+        if not ok:
+            allowed = _KIND_WORDS.get(kind, kind) + (" or none" if nullable else "")
+            raise GptlabError(f"{source}: model field {key!r} expects {allowed}, got {value!r}")
+        out[key] = float(value) if kind == "float" else dict(value) if kind == "dict" else value
+    return out
+
+
+def parse_model_value(key: str, raw: str, flag: str = "--model-set") -> Any:
+    """The value of ``FIELD=RAW`` typed as GPTConfig's field ``key`` says (``6``, ``true``, ``rmsnorm``, ``none``).
+
+    ``none``/``null`` is None for the fields that allow it (``n_kv_heads``, ``head_size``, ``ff_dim``,
+    ``rope_scaling``); booleans take true/false in any case (Python's ``False`` too, which JSON would not
+    read and which, kept as a string, would be true); a dict is JSON, e.g. ``rope_scaling={"rope_type":
+    "linear", "factor": 2.0}``. Unknown fields and unreadable values are errors naming the flag.
+    """
+    from gptlab.model.config import GPTConfig
+
+    fields = {f.name: f for f in dataclasses.fields(GPTConfig)}
+    if key not in fields:
+        raise GptlabError(f"{flag} {key}={raw}: unknown GPTConfig field {key!r} (known: {', '.join(fields)})")
+    kind, nullable = _field_kind(fields[key].type)
+    text = raw.strip()
+    if nullable and text.lower() in ("none", "null"):
+        return None
+    try:
+        if kind == "bool":
+            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return words[text.lower()]
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "dict":
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError(text)
+            return value
+    except (KeyError, ValueError):
+        allowed = _KIND_WORDS.get(kind, kind) + (" or none" if nullable else "")
+        raise GptlabError(f"{flag} {key}={raw}: {key} expects {allowed}") from None
+    if len(text) >= 2 and text[0] == text[-1] == '"':  # a JSON-quoted string, as earlier versions took
+        return text[1:-1]
+    return text
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:

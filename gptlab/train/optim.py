@@ -10,8 +10,10 @@ import torch
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: 2-D+ tensors (linear and embedding weights) decay; biases and norm gains do not.
 
-    Decaying a LayerNorm gain or a bias pulls it towards 0, which only hurts; the GPT-2/nanoGPT
-    convention is to decay the matrices alone. Frozen parameters are left out.
+    Decaying a norm gain (LayerNorm's, or the Llama design's RMSNorm and Qwen3's q/k norms) or a bias
+    pulls it towards 0, which only hurts; the GPT-2/nanoGPT convention is to decay the matrices alone.
+    Grouping by shape rather than by name covers every design: all gains and biases are 1-D. A tied
+    output head is one parameter, so it is counted once. Frozen parameters are left out.
     """
     decay, no_decay = [], []
     for p in model.parameters():

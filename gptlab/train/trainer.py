@@ -110,7 +110,14 @@ class TrainingRun:
         else:
             self.data = prepare_run_data(cfg, self.run_dir, self.info, log)
             self.tokenizer = self.data.tokenizer()
-            model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=self.data.n_vocab, **cfg.model)
+            # The tokenizer sets the vocabulary. A [model] vocab_size that says otherwise cannot work:
+            # fewer rows cut tokens off, and extra ones would be sampled as ids the tokenizer lacks.
+            overrides = dict(cfg.model)
+            vocab_size = overrides.pop("vocab_size", self.data.n_vocab)
+            if vocab_size != self.data.n_vocab:
+                raise GptlabError(f"model field vocab_size={vocab_size}: the tokenizer has {self.data.n_vocab} "
+                                  f"tokens and sets it; drop the setting")
+            model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=vocab_size, **overrides)
         self.block = cfg.block_size or model_cfg.context_length
         if self.block > model_cfg.context_length:
             raise GptlabError(f"block_size {self.block} exceeds the model's context_length {model_cfg.context_length}")

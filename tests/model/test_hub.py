@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import threading
 from pathlib import Path
@@ -23,6 +24,25 @@ class _Hub(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     bad_sha: str | None = None  # a file whose announced hash is wrong
     requests: list[tuple[str, str, str | None]] = []
+    token: str | None = None  # a gated repository: the hub's own paths want "Bearer {token}"
+    auth: list[tuple[str, str | None]] = []  # (path, Authorization header) of every request
+
+    def _refused(self) -> bool:
+        """Answer 404 for a file the repository lacks, 401/403 for a gated one without the right token."""
+        self.auth.append((self.path, self.headers.get("Authorization")))
+        if self.token and not self.path.startswith("/cdn/"):
+            sent = self.headers.get("Authorization")
+            if sent != f"Bearer {self.token}":
+                self.send_response(401 if sent is None else 403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
+        if Path(self.path).name not in self.files:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        return False
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -49,10 +69,13 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):  # noqa: N802
         self.requests.append(("HEAD", self.path, None))
-        self._meta(Path(self.path).name)
+        if not self._refused():
+            self._meta(Path(self.path).name)
 
     def do_GET(self):  # noqa: N802
         self.requests.append(("GET", self.path, self.headers.get("Range")))
+        if self._refused():
+            return
         name = Path(self.path).name
         if "/resolve/main/" in self.path:
             return self._meta(name)  # the redirects
@@ -77,6 +100,9 @@ def fake_hub(tmp_path, monkeypatch):
     _Hub.files = {f: (src / f).read_bytes() for f in hub.MODEL_FILES}
     _Hub.bad_sha = None
     _Hub.requests = []
+    _Hub.token = None
+    _Hub.auth = []
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -130,3 +156,112 @@ def test_offline_error_says_where_to_put_the_files(tmp_path, monkeypatch):
     assert "config.json and model.safetensors" in msg and str(tmp_path / "hf" / "gpt2-medium") in msg
     with pytest.raises(GptlabError, match="not in the cache"):
         hub.ensure_model("gpt2", download=False)
+
+
+# ------------------------------------------------------------------ sharded repos, optional files, gated models
+
+
+def _sharded_qwen3(folder: Path) -> tuple[GPT, dict[str, bytes]]:
+    """A tiny Qwen3-format model saved, then split into two shards with an index, as the hub holds large models."""
+    from safetensors.torch import load_file, save_file
+
+    from gptlab.model.config import modern
+
+    torch.manual_seed(1)
+    model = GPT(modern(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_kv_heads=1, n_layers=2,
+                       ff_dim=32, qk_norm=True, tie_weights=True))
+    model.save_pretrained(folder)
+    tensors = load_file(folder / "model.safetensors")
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        shard = f"model-0000{i}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, folder / shard, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    files = {"config.json": (folder / "config.json").read_bytes(),
+             "model.safetensors.index.json": json.dumps(index).encode(),
+             "tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b"{}"}
+    files.update({shard: (folder / shard).read_bytes() for shard in set(weight_map.values())})
+    return model.eval(), files
+
+
+def test_sharded_repo_downloads_the_index_and_every_shard(fake_hub, tmp_path):
+    model, files = _sharded_qwen3(tmp_path / "src")
+    fake_hub.files = files
+    loaded = GPT.from_pretrained("qwen3-0.6b")
+    folder = tmp_path / "cache" / "hf" / "qwen3-0.6b"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # no .part left, nothing else
+    for name, data in files.items():
+        assert (folder / name).read_bytes() == data
+    assert ("HEAD", "/Qwen/Qwen3-0.6B/resolve/main/model.safetensors", None) in fake_hub.requests  # tried first
+    assert not any(p.endswith("generation_config.json") and m == "GET" for m, p, _ in fake_hub.requests)  # 404: skipped
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    fake_hub.requests.clear()
+    hub.ensure_model("qwen3-0.6b", progress=False)
+    assert fake_hub.requests == []  # complete: no request at all
+
+
+def test_an_interrupted_sharded_download_fetches_only_the_missing_shards(fake_hub, tmp_path):
+    _, files = _sharded_qwen3(tmp_path / "src")
+    fake_hub.files = files
+    folder = tmp_path / "cache" / "hf" / "qwen3-0.6b"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
+        (folder / name).write_bytes(files[name])
+    hub.ensure_model("qwen3-0.6b", progress=False)
+    fetched = {Path(p).name for m, p, _ in fake_hub.requests if m == "GET" and p.startswith("/cdn/")}
+    assert fetched == {"model-00002-of-00002.safetensors"}
+    assert (folder / "model-00002-of-00002.safetensors").read_bytes() == files["model-00002-of-00002.safetensors"]
+
+
+def test_optional_files_come_along_with_a_single_file_model(fake_hub, tmp_path):
+    fake_hub.files = {**fake_hub.files, "generation_config.json": b'{"eos_token_id": 0}'}
+    folder = hub.ensure_model("smollm2-135m", progress=False)
+    assert (folder / "generation_config.json").read_bytes() == b'{"eos_token_id": 0}'
+    assert not (folder / "tokenizer.json").exists() and not (folder / "model.safetensors.index.json").exists()
+
+
+def test_an_index_naming_a_path_outside_the_folder_is_refused(fake_hub, tmp_path):
+    _, files = _sharded_qwen3(tmp_path / "src")
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {"a": "../../evil.safetensors"}}).encode()
+    fake_hub.files = files
+    with pytest.raises(GptlabError, match="shard name '../../evil.safetensors' is not a plain .safetensors file name"):
+        hub.ensure_model("qwen3-0.6b", progress=False)
+    assert not (tmp_path / "cache" / "evil.safetensors").exists()
+
+
+def test_a_repo_without_safetensors_weights_is_one_clear_error(fake_hub):
+    fake_hub.files = {"config.json": fake_hub.files["config.json"]}
+    with pytest.raises(GptlabError, match="has neither model.safetensors nor model.safetensors.index.json"):
+        hub.ensure_model("qwen2.5-0.5b", progress=False)
+
+
+def test_gated_model_without_a_token_says_how_to_get_access(fake_hub):
+    fake_hub.token = "secret"
+    with pytest.raises(GptlabError) as exc:
+        hub.ensure_model("llama-3.2-1b", progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "config.json of meta-llama/Llama-3.2-1B (HTTP 401)" in msg
+    assert "accept its licence at http://127.0.0.1:" in msg and "/meta-llama/Llama-3.2-1B" in msg
+    assert "set HF_TOKEN" in msg
+
+
+def test_gated_model_with_a_wrong_token(fake_hub, monkeypatch):
+    fake_hub.token = "secret"
+    monkeypatch.setenv("HF_TOKEN", "wrong")
+    with pytest.raises(GptlabError, match=r"\(HTTP 403\) with the token in HF_TOKEN: accept the model's licence"):
+        hub.ensure_model("llama-3.2-1b", progress=False)
+
+
+def test_gated_model_with_a_token_sends_it_to_the_hub_only(fake_hub, tmp_path, monkeypatch):
+    fake_hub.token = "secret"
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    folder = hub.ensure_model("llama-3.2-1b", progress=False)
+    assert (folder / "model.safetensors").read_bytes() == fake_hub.files["model.safetensors"]
+    hub_paths = [(p, a) for p, a in fake_hub.auth if not p.startswith("/cdn/")]
+    assert hub_paths and all(a == "Bearer secret" for _, a in hub_paths)
+    storage = [(p, a) for p, a in fake_hub.auth if p.startswith("/cdn/")]
+    assert storage and all(a is None for _, a in storage)  # never forwarded to the storage host

@@ -103,7 +103,7 @@ def set_trainable(model: GPTClassifier, scope: str = "last", last_blocks: int = 
     """Freeze the model except ``scope``; returns the number of trainable parameters.
 
     * ``head``: the classification head only;
-    * ``last``: the head, the last ``last_blocks`` transformer blocks and the final LayerNorm (the book);
+    * ``last``: the head, the last ``last_blocks`` transformer blocks and the final norm (the book);
     * ``all``: every parameter.
 
     (``lora`` is set up by :func:`gptlab.finetune.lora.apply_lora` instead.)

@@ -46,7 +46,7 @@ class InstructConfig:
     split_seed: int | None = None  # None: the book's unshuffled 85/10/5 split
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: float = 16.0
-    lora_targets: str = "attn,ff"  # not the head: it is tied to the token embedding in GPT-2-style models
+    lora_targets: str = "attn,ff"  # not the head: GPT-2 and the llama-* presets tie it to the token embedding
     lora_dropout: float = 0.0
     drop_rate: float | None = None  # override the model's dropout (None: keep the model's own)
 
