@@ -86,8 +86,12 @@ def matched_llama(model: dict, vocab: int, base: str = "gpt-nano") -> dict:
     return {**fields, "ff_dim": best}
 
 
-def _race_model(work: Path, data_dir: Path, cfg_fields: dict) -> float:
-    """Tokens/s of a few training steps of the race model with ``cfg_fields`` (precision, attention, batch)."""
+def _race_speed(data_dir: Path, cfg_fields: dict, seconds: float = 0.6) -> float:
+    """Tokens/s of a few training steps of the race model with ``cfg_fields`` (precision, attention, batch).
+
+    One warm-up step, then steps until ``seconds`` have passed (at least two): a setting that is many
+    times slower (bf16 on a CPU without bf16 units) costs a few seconds to rule out, not a minute.
+    """
     import torch
 
     from gptlab.data.prepared import PreparedData
@@ -113,41 +117,37 @@ def _race_model(work: Path, data_dir: Path, cfg_fields: dict) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        step()
+    step()
     start, steps = time.perf_counter(), 0
-    while steps < 8 or time.perf_counter() - start < 0.8:
+    while steps < 2 or time.perf_counter() - start < seconds:
         step()
         steps += 1
     return steps * batch * block / (time.perf_counter() - start)
 
 
-def calibrate_race(work: Path, data_dir: Path, base: dict) -> dict:
-    """Pick the race's precision, attention path and batch by measuring them here.
+def calibrate_race(data_dir: Path, base: dict) -> dict:
+    """Pick the race's precision, attention path and batch by measuring them here, in that order.
 
-    Precision and attention path change only the speed, so the fastest wins. The batch size also
+    Precision and attention path change only the speed, so the fastest wins; precision is screened at
+    a quarter of the batch (bf16 can be 20x slower on a CPU without bf16 units). The batch size also
     changes how many tokens the target takes (:data:`RACE_BATCHES`), so the winner is the batch with
     the least estimated time: tokens needed / tokens per second measured now.
     """
     start = time.perf_counter()
     speeds: dict[str, float] = {}
-    best_key, best_speed = None, 0.0
-    for precision in ("bf16", "fp32"):
-        for attn in ("explicit", "sdpa"):
-            fields = {**base, "precision": precision, "model": {**base["model"], "attn_impl": attn}}
-            speed = _race_model(work, data_dir, fields)
-            speeds[f"{precision}/{attn}/b{base['batch_size']}"] = speed
-            if speed > best_speed:
-                best_key, best_speed = (precision, attn), speed
-    precision, attn = best_key
-    estimates = {}
-    for batch, (tokens, _) in RACE_BATCHES.items():
+
+    def measure(precision: str, attn: str, batch: int) -> float:
         key = f"{precision}/{attn}/b{batch}"
         if key not in speeds:
-            fields = {**base, "batch_size": batch, "precision": precision,
+            fields = {**base, "precision": precision, "batch_size": batch,
                       "model": {**base["model"], "attn_impl": attn}}
-            speeds[key] = _race_model(work, data_dir, fields)
-        estimates[batch] = tokens / speeds[key]
+            speeds[key] = _race_speed(data_dir, fields)
+        return speeds[key]
+
+    screen = max(1, base["batch_size"] // 4)
+    precision = max(("bf16", "fp32"), key=lambda p: measure(p, "explicit", screen))
+    attn = max(("explicit", "sdpa"), key=lambda a: measure(precision, a, base["batch_size"]))
+    estimates = {b: tokens / measure(precision, attn, b) for b, (tokens, _) in RACE_BATCHES.items()}
     batch = min(estimates, key=estimates.get)
     return {
         "precision": precision,
@@ -240,7 +240,7 @@ def time_to_quality(
     n_val_batches = len(val_batches) * 256 // FAST_CHAR["eval_batch_size"] + 1
     settings = {**FAST_CHAR, "precision": "auto"}
     if calibrate:
-        out["calibration"] = calibrate_race(work, data_dir, settings)
+        out["calibration"] = calibrate_race(data_dir, settings)
         cal = out["calibration"]
         settings.update(precision=cal["precision"], batch_size=cal["batch_size"], max_steps=cal["max_steps"],
                         model={**settings["model"], "attn_impl": cal["attn_impl"]})
@@ -315,18 +315,19 @@ def best_in_budget(work: Path, budget: str = "5m") -> dict:
 
 
 # The two corpora of the design comparison, with the GPT-style model each trains (the Llama-style one is
-# matched to it by matched_llama) and the settings both share. No dropout, exact GELU: the fast settings.
+# matched to it by matched_llama) and the settings both share. No dropout, exact GELU: the fast settings;
+# the warmup is automatic (a tenth of a short run: a fixed 100 steps would be most of a 2-minute one).
 DESIGN_SETUPS = {
     "tinyshakespeare (char)": dict(
         data="tinyshakespeare", tokenizer="char",
         model=dict(emb_dim=192, n_heads=6, n_layers=6, context_length=128, drop_rate=0.0, activation="gelu"),
-        block_size=128, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99,
+        block_size=128, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=-1, beta2=0.99,
         eval_interval=100, eval_batches=10, eval_batch_size=128,
     ),
     "python-stdlib (BPE 4,096)": dict(
         data="python-stdlib", tokenizer="bpe:4096",
         model=dict(emb_dim=256, n_heads=4, n_layers=4, context_length=256, drop_rate=0.0, activation="gelu"),
-        block_size=256, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99,
+        block_size=256, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=-1, beta2=0.99,
         eval_interval=50, eval_batches=10, eval_batch_size=64,
     ),
 }
@@ -336,10 +337,14 @@ def _prepared(work: Path, data: str, tokenizer: str) -> Path:
     """``data`` tokenized once for every run that uses it (a BPE is trained once, not per run)."""
     from gptlab.data.prep import prepare
     from gptlab.train.config import TrainConfig
+    from gptlab.train.setup import build_tokenizer
 
     out = work / f"{data}-{tokenizer.replace(':', '')}"
     if not (out / "meta.json").is_file():
-        prepare(data, out, tokenizer=tokenizer, val_fraction=0.1, max_bytes=TrainConfig().max_chars or None)
+        # As the main job does: the text capped at its max_chars, a bpe:N trained on the training part.
+        cfg = TrainConfig(data=data, tokenizer=tokenizer)
+        tok = build_tokenizer(cfg, out, _quiet)
+        prepare(data, out, tokenizer=tok, val_fraction=cfg.val_fraction, max_bytes=cfg.max_chars or None)
     return out
 
 

@@ -60,10 +60,11 @@ def median(values: list[float]) -> float:
 
 def format_table(results: list[Result]) -> str:
     """A fixed-width table: comparison, ours, reference, ratio, target, met."""
-    lines = [f"{'comparison':<26}{'ours':>10}{'reference':>11}{'ratio':>8}{'target':>8}  met  (ours / reference)"]
+    width = max([26] + [len(r.name) + 2 for r in results])
+    lines = [f"{'comparison':<{width}}{'ours':>10}{'reference':>11}{'ratio':>8}{'target':>8}  met  (ours / reference)"]
     for r in results:
         lines.append(
-            f"{r.name:<26}{r.ours:>10.1f}{r.reference:>11.1f}{r.ratio:>7.2f}x{r.target:>7.1f}x  "
+            f"{r.name:<{width}}{r.ours:>10.1f}{r.reference:>11.1f}{r.ratio:>7.2f}x{r.target:>7.1f}x  "
             f"{'yes' if r.met else 'NO ':<4} ({r.ours_label} / {r.reference_label}, {r.unit})"
         )
     lines.append("medians of every contender:")
@@ -73,5 +74,5 @@ def format_table(results: list[Result]) -> str:
             continue
         seen.add(id(r.samples))
         for name, values in r.samples.items():
-            lines.append(f"  {r.name:<24}{name:<32}{median(values):>10.1f} {r.unit}")
+            lines.append(f"  {r.name:<{width}}{name:<32}{median(values):>10.1f} {r.unit}")
     return "\n".join(lines)

@@ -91,7 +91,7 @@ def prepare_run_data(cfg: TrainConfig, run_dir: Path, info: DistInfo, log: Calla
         return PreparedData(source)
     data_dir = run_dir / "data"
     if info.is_main and not (data_dir / "meta.json").is_file():
-        tokenizer = _build_tokenizer(cfg, run_dir, log)
+        tokenizer = build_tokenizer(cfg, run_dir, log)
         log(f"preparing {cfg.data} -> {data_dir}")
         prepare(
             cfg.data,
@@ -106,7 +106,7 @@ def prepare_run_data(cfg: TrainConfig, run_dir: Path, info: DistInfo, log: Calla
     return PreparedData(data_dir)
 
 
-def _build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]):
+def build_tokenizer(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]):
     """The tokenizer spec as prepare() takes it; ``bpe:N`` trains one on the training text first."""
     spec = cfg.tokenizer
     if not spec.startswith("bpe:"):

@@ -29,3 +29,11 @@ def test_ratio_target_and_table():
     assert "1.50x" in table[1] and "yes" in table[1]
     assert "1.20x" in table[2] and "NO" in table[2]
     assert slow.to_dict()["met"] is False and slow.to_dict()["ratio"] == 1.2
+
+
+def test_table_columns_stay_apart_for_long_names():
+    r = Result("qwen3-0.6b KV cache vs none", "tokens/s", 5.3, 1.2, "gptlab fp32 cache", "gptlab fp32 no cache", 4.0,
+               samples={"gptlab fp32 cache": [5.3], "gptlab fp32 no cache": [1.2]})
+    lines = format_table([r]).splitlines()
+    assert lines[1].startswith("qwen3-0.6b KV cache vs none ")
+    assert any(line.strip().startswith("qwen3-0.6b KV cache vs none") and " gptlab fp32 cache" in line for line in lines[3:])
