@@ -81,8 +81,10 @@ def matched_llama(model: dict, vocab: int, base: str = "gpt-nano") -> dict:
     def params(ff: int) -> int:
         return count_parameters(GPTConfig.from_preset("llama-nano", vocab_size=vocab, ff_dim=ff, **fields))[0]
 
-    width = fields["emb_dim"]
-    best = min(range(8, 8 * width, 8), key=lambda ff: abs(params(ff) - target))
+    # The count grows linearly with ff_dim (three matrices of emb_dim x ff_dim per layer): two builds
+    # give the line, and the nearest multiple of 8 on it is the answer.
+    base, per_step = params(8), params(16) - params(8)
+    best = 8 + 8 * max(0, round((target - base) / per_step))
     return {**fields, "ff_dim": best}
 
 
@@ -418,6 +420,17 @@ def register_target(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gptlab.errors import GptlabError
+    from gptlab.train.config import parse_duration
+
+    # Check the budgets now, not after the minutes of benchmarks that come before them.
+    for flag, value in (("--budget", args.budget), ("--design-budget", args.design_budget)):
+        try:
+            seconds = parse_duration(value)
+        except GptlabError:
+            seconds = 0.0
+        if seconds <= 0:
+            raise GptlabError(f"{flag} {value!r}: expected a positive duration such as 90s, 2m or 1h")
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -119,10 +119,6 @@ def hf_names(name: str, cfg: GPTConfig) -> tuple[list[str], bool]:
     return [f"layers.{layer}.{_LLAMA_BLOCK_MAP[part]}.{kind}"], False
 
 
-def hf_name(name: str) -> tuple[str, bool]:
-    """GPT-2's HF tensor name (without prefix) for gptlab parameter ``name``, and whether it is transposed."""
-    names, transposed = hf_names(name, GPTConfig())
-    return names[0], transposed
 
 
 # ---------------------------------------------------------------------------------------- config

@@ -47,3 +47,12 @@ def test_calibration_picks_the_fastest_measured_settings(monkeypatch, tmp_path):
     table[("fp32", "sdpa", 16)] = 5000.0  # now batch 16 is too slow to make up for its fewer tokens
     monkeypatch.setattr(bench, "_race_speed", fake_speed)
     assert bench.calibrate_race(tmp_path, {**bench.FAST_CHAR, "precision": "auto"})["batch_size"] == 32
+
+
+@pytest.mark.parametrize("flags", [["--design-budget", "abc"], ["--budget", "0"]])
+def test_bad_budgets_fail_at_once_with_one_line(flags, capsys):
+    from gptlab.app import main
+
+    assert main(["bench", "pretrain", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{flags[0]} '{flags[1]}': expected a positive duration" in err and "\n" not in err

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gptlab.app import main
 from gptlab.errors import GptlabError
@@ -32,6 +31,7 @@ from gptlab.train.config import model_overrides, parse_model_value
 from gptlab.train.flops import flops_per_token, matmul_params
 from gptlab.train.optim import param_groups
 from gptlab.train.trainer import TrainingRun
+from run_helpers import assert_same_weights, final_weights, losses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,19 +63,10 @@ def quiet(_msg: str) -> None:
     """A log function that drops the run's messages."""
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(run_dir).path / "model.safetensors"))
 
 
-def val_losses(run_dir: Path) -> list[tuple[int, float | None, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"], r["val_loss"]) for r in rows]
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 def initial_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -102,7 +93,7 @@ def test_llama_preset_trains_end_to_end(tmp_path, capsys):
     model = saved["model"]
     assert (model["norm"], model["positions"], model["mlp"], model["activation"]) == ("rmsnorm", "rope", "gated", "silu")
     assert model["n_kv_heads"] == 2 and model["fused_qkv"] is False and model["proj_bias"] is False
-    rows = val_losses(run)
+    rows = losses(run)
     assert [r[0] for r in rows] == [0, 6, 12]
     assert rows[-1][2] < rows[0][2] - 0.1, rows  # it learned something
     weights = final_weights(run)
@@ -135,7 +126,7 @@ def test_interrupt_then_resume_is_exact(tmp_path, monkeypatch):
     cfg, run_dir = resolve_run_config({}, None, str(tmp_path / "part"))
     assert pretrain(cfg, resume=run_dir, progress=False, log=quiet).step == 10
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"))
-    assert {s: v for s, _, v in val_losses(tmp_path / "full")} == {s: v for s, _, v in val_losses(tmp_path / "part")}
+    assert {s: v for s, _, v in losses(tmp_path / "full")} == {s: v for s, _, v in losses(tmp_path / "part")}
 
 
 def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
@@ -157,7 +148,7 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
     subprocess.run(cli + ["--resume", str(tmp_path / "killed"), "--no-progress"], check=True, env=env(), cwd=REPO,
                    capture_output=True, timeout=300)
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "killed"))
-    assert val_losses(tmp_path / "full") == val_losses(tmp_path / "killed")
+    assert losses(tmp_path / "full") == losses(tmp_path / "killed")
 
 
 # --------------------------------------------------------------------------- the trainer's paths
@@ -200,7 +191,7 @@ def test_torch_compile_traces_the_llama_model(tmp_path, monkeypatch):
         warnings.filterwarnings("error", message="torch.compile failed")
         compiled = pretrain(small_cfg(tmp_path / "c", max_steps=3, eval_interval=3, compile=True), progress=False,
                             log=quiet)
-    eager = pretrain(small_cfg(tmp_path / "e", max_steps=3, eval_interval=3), progress=False, log=quiet)
+    assert pretrain(small_cfg(tmp_path / "e", max_steps=3, eval_interval=3), progress=False, log=quiet).step == 3
     assert compiled.step == 3
     a, b = final_weights(tmp_path / "c"), final_weights(tmp_path / "e")
     for name in a:
@@ -228,8 +219,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
     start = initial_weights(tmp_path / "single")
     assert any(not torch.allclose(a[n], start[n]) for n in a), "the runs did not train"
-    assert [r[2] for r in val_losses(tmp_path / "single")] == pytest.approx(
-        [r[2] for r in val_losses(tmp_path / "ddp")], rel=1e-5)
+    assert [r[2] for r in losses(tmp_path / "single")] == pytest.approx(
+        [r[2] for r in losses(tmp_path / "ddp")], rel=1e-5)
 
 
 # --------------------------------------------------------------------------- configuration

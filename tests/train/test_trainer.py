@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gptlab.errors import GptlabError
 from gptlab.model.run_folder import latest_checkpoint
 from gptlab.train import TrainConfig, pretrain, resolve_run_config
 from gptlab.train import checkpoint as ckpt
 from gptlab.train.trainer import TrainingRun
+from run_helpers import assert_same_weights, final_weights, losses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,19 +35,10 @@ def small_cfg(out: Path, **changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(run_dir).path / "model.safetensors"))
 
 
-def losses(run_dir: Path) -> list[tuple[int, float, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"], r["val_loss"]) for r in rows]
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 # --------------------------------------------------------------------------- exact resume
