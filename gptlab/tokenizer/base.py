@@ -27,6 +27,15 @@ class Tokenizer(ABC):
 
     name: str = "tokenizer"
     special_tokens: dict[str, int]
+    # What a model's own tokenizer files add (tokenizer.json + tokenizer_config.json, or a GGUF
+    # vocabulary); None/empty for tokenizers made here. ``prefix_ids``/``suffix_ids`` are what
+    # ``encode(..., add_special_tokens=True)`` puts around the text (Llama 3 prefixes its BOS).
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    prefix_ids: tuple[int, ...] = ()
+    suffix_ids: tuple[int, ...] = ()
 
     @property
     @abstractmethod
@@ -37,6 +46,10 @@ class Tokenizer(ABC):
     def eot_id(self) -> int | None:
         """The id of ``<|endoftext|>``, or None if this tokenizer has no such token."""
         return self.special_tokens.get(ENDOFTEXT)
+
+    def token_id(self, text: str | None) -> int | None:
+        """The id of a special (or added) token given by its text, or None when absent or ``text`` is None."""
+        return None if text is None else self.special_tokens.get(text)
 
     @abstractmethod
     def encode_ordinary(self, text: str) -> list[int]:
@@ -60,10 +73,22 @@ class Tokenizer(ABC):
         *,
         allowed_special: AllowedSpecial = frozenset(),
         disallowed_special: DisallowedSpecial = "all",
+        add_special_tokens: bool = False,
     ) -> list[int]:
-        """Encode ``text``; special tokens follow tiktoken's ``allowed_special``/``disallowed_special``."""
-        if not self.special_tokens:
-            return self.encode_ordinary(text)
+        """Encode ``text``; special tokens follow tiktoken's ``allowed_special``/``disallowed_special``.
+
+        ``add_special_tokens=True`` adds what the tokenizer's post-processor adds around a text
+        (``prefix_ids``/``suffix_ids``, e.g. Llama 3's ``<|begin_of_text|>``), as Hugging Face's
+        ``encode`` does by default.
+        """
+        ids = self._encode_specials(text, allowed_special, disallowed_special)
+        if add_special_tokens and (self.prefix_ids or self.suffix_ids):
+            return [*self.prefix_ids, *ids, *self.suffix_ids]
+        return ids
+
+    def allowed_specials(self, allowed_special: AllowedSpecial, disallowed_special: DisallowedSpecial,
+                         text: str) -> set[str]:
+        """The special tokens to encode as such in ``text``; raises if ``text`` holds a disallowed one."""
         if allowed_special == "all":
             allowed = set(self.special_tokens)
         else:
@@ -86,6 +111,13 @@ class Tokenizer(ABC):
                     f"pass allowed_special={{{match.group()!r}}} to encode it as a special token, or "
                     f"disallowed_special=() to encode it as ordinary text"
                 )
+        return allowed
+
+    def _encode_specials(self, text: str, allowed_special: AllowedSpecial,
+                         disallowed_special: DisallowedSpecial) -> list[int]:
+        if not self.special_tokens:
+            return self.encode_ordinary(text)
+        allowed = self.allowed_specials(allowed_special, disallowed_special, text)
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
