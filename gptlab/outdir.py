@@ -29,8 +29,8 @@ from gptlab.io import default_mode
 
 RUN_FORMAT = "gptlab-run"
 # What a pretraining run folder holds itself; anything else under it is a user's (e.g. RUN/hf exports).
-RUN_OWNED = frozenset({"config.json", "tokenizer.json", "data", "checkpoints", "metrics.jsonl", "loss.png",
-                       "prompt_style.json", "adapter"})  # the last two: instruction runs
+RUN_OWNED = frozenset({"config.json", "tokenizer.json", "tokenizer_config.json", "data", "checkpoints", "metrics.jsonl", "loss.png",
+                       "prompt_style.json", "chat_template.jinja", "adapter"})  # the last three: instruction runs
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(gpt2, gpt2-medium, ...) or a preset")
     t.add_argument("--style", default=None, help="prompt style: alpaca (default), phi3, a template file (.txt or "
                    ".json), or a template string with {instruction} and {input}")
+    t.add_argument("--chat-template", default=None, help="for chat data ({messages: [...]} entries): a Jinja chat "
+                   "template file or string (default: the model tokenizer's own); loss is on assistant turns only")
     t.add_argument("--mask-prompt", action="store_const", const=True, default=None,
                    help="no loss on the prompt's tokens (instruction + input), only on the answer")
     t.add_argument("--max-length", type=int, default=None, help="truncate examples to N tokens (default: the context length)")
@@ -87,8 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     g = verbs.add_parser("generate", help="answer a test set with a model (batched, resumable)",
-                         description="Answer every entry of an instruction file; writes the entries with a "
-                         "model_response field beside each reference output. Rewritten after every batch: "
+                         description="Answer every entry of an instruction (or chat) file; writes the entries "
+                         "with a model_response field beside each reference output. Rewritten after every batch: "
                          "run the same command again to continue an interrupted run.")
     g.add_argument("--model", required=True, help="the fine-tuned run folder (or any model spec)")
     g.add_argument("--data", required=True, help="instruction file (e.g. RUN/data/test.json) or data set name")
@@ -98,7 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default=None,
                    help="output JSON (default <data>-with-response.json in this folder); an existing one is "
                         "continued, or replaced with --overwrite, only if instruct generate wrote it")
-    g.add_argument("--style", default=None, help="prompt style (default: the model's prompt_style.json, else alpaca)")
+    g.add_argument("--style", default=None, help="prompt style (default: the model's prompt_style.json, else its "
+                   "tokenizer's chat template, else alpaca); chat entries ({messages}) are prompted with the "
+                   "conversation before their last assistant message")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
     g.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -137,7 +141,8 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = {field: getattr(args, field) for _, field, _ in _TRAIN_FLAGS}
     log = _log_for(args)
-    task_flags = {"data": args.data, "model": args.model, "style": args.style, "mask_prompt": args.mask_prompt,
+    task_flags = {"data": args.data, "model": args.model, "style": args.style, "chat_template": args.chat_template,
+                  "mask_prompt": args.mask_prompt,
                   "max_length": args.max_length, "drop_rate": args.drop_rate, "lora_rank": args.lora_rank,
                   "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
                   "lora_dropout": args.lora_dropout}
@@ -224,6 +229,15 @@ def _check_scores_out(out: Path, responses: Path) -> None:
                           "replace it; delete it yourself or choose another --out")
 
 
+def _refuse_chat_responses(responses: Path) -> None:
+    """One line instead of a traceback: scoring reads ``instruction``/``output``, which chat entries lack."""
+    from gptlab.finetune.instruct.data import is_chat_data, load_examples
+
+    if responses.is_file() and is_chat_data(load_examples(responses, require_output=False)):
+        raise GptlabError(f"--responses {responses}: holds chat entries ({{messages}}); instruct eval scores "
+                          "only {instruction, input, output} entries for now")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import os
 
@@ -236,6 +250,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise GptlabError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     if args.out:
         _check_scores_out(Path(args.out).expanduser(), Path(args.responses).expanduser())
+    _refuse_chat_responses(Path(args.responses).expanduser())
     summary = evaluate_responses(args.responses, args.out, args.judge_url, args.judge_model, args.judge_timeout,
                                  api_key, progress=not args.no_progress, log=_log_for(args))
     judge = summary.get("judge")

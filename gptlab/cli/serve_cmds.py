@@ -21,7 +21,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
     p.add_argument("--style", default=None,
                    help="prompt style for chats: alpaca, phi3, plain, or a template (default: the model folder's "
-                        "prompt_style.json, else plain 'User:/Assistant:')")
+                        "prompt_style.json, else the tokenizer's chat template, else plain 'User:/Assistant:')")
     p.add_argument("--max-context", type=int, default=None,
                    help="most tokens (prompt + answer) per request; memory for this many is reserved per sequence "
                         "(default: the model's context length, at most 4096)")
@@ -78,7 +78,7 @@ def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
         raise GptlabError(f"--max-context must be at least 2 tokens, got {args.max_context}")
     dtype = parse_dtype(args.dtype)
     model, tok = load_model(args.model, dtype=dtype)
-    fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style)
+    fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style, tokenizer=tok)
     # The engine caps the context (and so the cache it allocates per sequence) even without the flag:
     # published Llama/Qwen configs have windows of 32k-128k tokens.
     engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context)
@@ -133,11 +133,12 @@ def _fit_history(messages: list[dict], fmt, tok, context: int, max_tokens: int) 
     Returns ``(prompt ids, max_tokens for the answer, turns dropped)``. A lone message too long for the
     context leaves room for a shorter answer, or none at all (max_tokens 0).
     """
+    from gptlab.serve.chat_format import encode_chat
     from gptlab.serve.engine import ContextLengthExceeded, check_fits
 
     dropped = 0
     while True:
-        ids = tok.encode(fmt.format_chat(messages), disallowed_special=())
+        ids = encode_chat(fmt, tok, messages)
         try:
             check_fits(len(ids), max_tokens, context)
         except ContextLengthExceeded:
@@ -164,6 +165,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise GptlabError(f"--temperature must be in [0, 2], got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         raise GptlabError(f"--top-p must be in (0, 1], got {args.top_p}")
+    from gptlab.serve.chat_format import SpecialTokenInMessage, history_text, stop_ids_of
     from gptlab.serve.engine import SamplingParams
 
     model, tok, fmt, engine = _load(args, 1)
@@ -195,7 +197,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(f"[unknown command {text.split()[0]}; /reset or /exit]", flush=True)
                 continue
             trial = history + [{"role": "user", "content": text}]
-            ids, max_tokens, dropped = _fit_history(trial, fmt, tok, context, args.max_tokens)
+            try:
+                ids, max_tokens, dropped = _fit_history(trial, fmt, tok, context, args.max_tokens)
+            except SpecialTokenInMessage as exc:  # the user's text only: say so and take the next message
+                print(f"[not sent: {exc}]", flush=True)
+                continue
             if max_tokens < 1:
                 print(f"[message too long: {len(ids)} tokens do not fit the {context}-token context]", flush=True)
                 continue
@@ -204,7 +210,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             seed = None if args.seed is None else args.seed + turn
             turn += 1
             params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
-                                    seed=seed, stop=tuple(fmt.stop))
+                                    seed=seed, stop=tuple(fmt.stop), stop_ids=stop_ids_of(fmt))
             sys.stdout.write("assistant> ")
             sys.stdout.flush()
             parts: list[str] = []
@@ -224,7 +230,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 sys.stdout.write(" [stopped]")
             sys.stdout.write("\n")
             sys.stdout.flush()
-            history = trial + [{"role": "assistant", "content": "".join(parts).strip()}]
+            history = trial + [{"role": "assistant", "content": history_text(fmt, "".join(parts)).strip()}]
     except KeyboardInterrupt:
         pass
     finally:

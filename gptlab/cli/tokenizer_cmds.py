@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="total number of ids, special tokens included (at least 256 + specials)")
     p.add_argument("--out", required=True, metavar="PATH", help="where to write the tokenizer")
-    p.add_argument("--format", choices=["gptlab", "tiktoken"], default="gptlab",
-                   help="gptlab JSON (default; keeps pattern and specials) or tiktoken ranks lines")
+    p.add_argument("--format", choices=["hf", "gptlab", "tiktoken"], default="hf",
+                   help="hf: a Hugging Face tokenizer.json that `tokenizers` and transformers load with the same "
+                   "ids (default); gptlab: gptlab's older JSON; tiktoken: ranks lines (pattern and specials not kept)")
     p.add_argument("--pattern", default=GPT2_PATTERN, metavar="REGEX",
                    help="pre-tokenization regex (regex-module syntax; default: GPT-2's)")
     p.add_argument("--special", nargs="*", default=None, metavar="TOKEN",
@@ -45,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode TEXT (or --file) and print its token ids, space separated.",
     )
     p.add_argument("--tokenizer", default="gpt2", metavar="gpt2|PATH",
-                   help="'gpt2' (default) or a tokenizer file written by train-tokenizer")
+                   help="'gpt2' (default), a tokenizer file (tokenizer.json of any byte-level BPE model, or one "
+                   "train-tokenizer wrote), a model folder, or a .gguf file")
+    p.add_argument("--add-special-tokens", action="store_true",
+                   help="add what the tokenizer's post-processor adds around a text (Llama 3: <|begin_of_text|>)")
     p.add_argument("--allow-special", action="store_true",
                    help="encode special-token text such as <|endoftext|> as its special id "
                    "(without this flag such text is an error)")
@@ -61,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode token ids (separated by spaces or commas; read from stdin if none are given).",
     )
     p.add_argument("--tokenizer", default="gpt2", metavar="gpt2|PATH",
-                   help="'gpt2' (default) or a tokenizer file written by train-tokenizer")
+                   help="'gpt2' (default), a tokenizer file, a model folder, or a .gguf file")
     p.add_argument("ids", nargs="*", metavar="IDS", help="token ids, e.g. '15496 11 995' or '[15496, 11, 995]'")
     p.add_argument("--json", action="store_true", help="print {text} as JSON")
     p.set_defaults(func=_detokenize)
@@ -88,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     n_tokens = sum(len(tok.encode_ordinary(t)) for t in texts)
     out = Path(args.out)
     if out.is_dir():  # a folder gets the file name load_tokenizer looks for in a folder
-        out = out / ("tokenizer.json" if args.format == "gptlab" else "tokenizer.tiktoken")
+        out = out / ("tokenizer.tiktoken" if args.format == "tiktoken" else "tokenizer.json")
     try:
         tok.save(out, format=args.format)
     except OSError as exc:
@@ -135,6 +139,8 @@ def _tokenize(args: argparse.Namespace) -> int:
                     f"as id {tok.special_tokens[special]}"
                 )
         ids = tok.encode_ordinary(text)
+    if args.add_special_tokens:
+        ids = [*tok.prefix_ids, *ids, *tok.suffix_ids]
     if args.json:
         tokens = [tok.decode([i]) for i in ids]
         print(json.dumps({"ids": ids, "tokens": tokens, "n_tokens": len(ids)}, ensure_ascii=False))

@@ -179,6 +179,8 @@ def _export(args: argparse.Namespace) -> int:
     from gptlab.io import atomic_write_text
     from gptlab.model.load import EXPORTED_TOKENIZER
     from gptlab.model.run_folder import checkpoint_dir, load_run
+    from gptlab.tokenizer import BPETokenizer
+    from gptlab.tokenizer.hf_json import save_pretrained_tokenizer
     from gptlab.outdir import StagedOutDir, is_run_dir
 
     out = StagedOutDir(args.out, overwrite=args.overwrite, kind="exported model folder",
@@ -186,13 +188,19 @@ def _export(args: argparse.Namespace) -> int:
     model, tokenizer = load_run(args.run_dir, args.checkpoint)
     with out.claim() as work:
         model.save_pretrained(work)
-        if getattr(tokenizer, "name", "") != "gpt2":
-            # gptlab's own tokenizer format, under a name of its own: Hugging Face tools read any file
-            # called tokenizer.json as theirs, and this one is not (yet) in their format.
+        if isinstance(tokenizer, BPETokenizer):
+            # A complete Hugging Face folder: tokenizer.json + tokenizer_config.json (template included).
+            save_pretrained_tokenizer(tokenizer, work, model_max_length=model.cfg.context_length)
+        else:
+            # Character and word tokenizers have no Hugging Face equivalent: gptlab's format, under a
+            # name of its own, since Hugging Face tools read any tokenizer.json as theirs.
             tokenizer.save(work / EXPORTED_TOKENIZER)
-            # GPT-2's config names 50256 as its begin/end token; a run's own vocabulary has its own (or none).
-            hf_config = json.loads((work / "config.json").read_text(encoding="utf-8"))
-            hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eot_id
-            atomic_write_text(work / "config.json", json.dumps(hf_config, indent=2) + "\n")
+        # The config's begin/end ids are the tokenizer's (GPT-2's config names 50256 for both).
+        eos = tokenizer.stop_ids[0] if tokenizer.stop_ids else None
+        bos = tokenizer.token_id(tokenizer.bos_token)
+        hf_config = json.loads((work / "config.json").read_text(encoding="utf-8"))
+        hf_config["eos_token_id"] = eos
+        hf_config["bos_token_id"] = bos if bos is not None else eos
+        atomic_write_text(work / "config.json", json.dumps(hf_config, indent=2) + "\n")
     print(f"wrote {out.path} from {checkpoint_dir(args.run_dir, args.checkpoint)}")
     return 0

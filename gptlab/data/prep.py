@@ -34,6 +34,7 @@ from gptlab.io import atomic_write_text, default_mode
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe import GPT2_PATTERN, BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
+from gptlab.tokenizer.registry import save_tokenizer
 
 META_FORMAT = "gptlab-prepared"
 SPLIT_RULE = (
@@ -167,7 +168,9 @@ def _resolve_tokenizer(spec: str | os.PathLike | Tokenizer) -> tuple[Tokenizer |
 
 def _splittable(tok: Tokenizer) -> bool:
     """Whether cutting at safe cuts keeps ids unchanged: characters, or GPT-2's pre-tokenizer."""
-    return isinstance(tok, CharTokenizer) or (isinstance(tok, BPETokenizer) and tok.pattern == GPT2_PATTERN)
+    return isinstance(tok, CharTokenizer) or (
+        isinstance(tok, BPETokenizer) and tok.pattern == GPT2_PATTERN and tok.normalizer is None and not tok.has_added_matcher
+    )
 
 
 # ------------------------------------------------------------------------------------ processes
@@ -281,7 +284,7 @@ def _publish(out: Path, tmp_train: Path, tmp_val: Path, tokenizer: Tokenizer | N
     os.replace(tmp_train, out / "train.bin")
     os.replace(tmp_val, out / "val.bin")
     if tokenizer is not None:
-        tokenizer.save(out / "tokenizer.json")
+        save_tokenizer(tokenizer, out)
     else:
         (out / "tokenizer.json").unlink(missing_ok=True)
     atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

@@ -55,29 +55,44 @@ def load_model(
     return model, tok
 
 
-# Where `gptlab export` puts a run's own tokenizer (gptlab's format, so not under Hugging Face's name).
+# Where older `gptlab export`s put a run's own tokenizer, in gptlab's format (read for compatibility;
+# exports now write Hugging Face's tokenizer.json + tokenizer_config.json, or this for char/word ones).
 EXPORTED_TOKENIZER = "gptlab-tokenizer.json"
 
 
 def _folder_tokenizer(path: Path, cfg: GPTConfig) -> Tokenizer:
-    """An exported folder's own tokenizer; a gptlab ``tokenizer.json`` (older exports); else GPT-2's.
+    """A model folder's own tokenizer: ``tokenizer.json`` (Hugging Face's or gptlab's, with
+    ``tokenizer_config.json`` and ``generation_config.json`` beside it), an older export's
+    ``gptlab-tokenizer.json``; GPT-2's for a GPT-2 folder that has none.
 
-    A Llama/Qwen folder that brings a Hugging Face ``tokenizer.json`` is refused rather than paired
-    with GPT-2's tokenizer, whose ids would mean other tokens in that model's vocabulary.
+    A Llama/Qwen folder without a tokenizer is refused rather than paired with GPT-2's tokenizer,
+    whose ids would mean other tokens in that model's vocabulary.
     """
     if (path / EXPORTED_TOKENIZER).is_file():
-        return load_tokenizer(path / EXPORTED_TOKENIZER)
-    legacy = path / "tokenizer.json"
-    if legacy.is_file():
-        try:
-            is_ours = json.loads(legacy.read_bytes()).get("format") == "gptlab-tokenizer"
-        except (ValueError, AttributeError):
-            is_ours = False
-        if is_ours:
-            return load_tokenizer(legacy)
-        if cfg.family != "gpt2":
-            raise GptlabError(
-                f"{path}: this {cfg.family}-family model brings a Hugging Face tokenizer.json, which gptlab "
-                "cannot read yet (only its own tokenizers and GPT-2's); its ids would be wrong with GPT-2's"
-            )
-    return gpt2_tokenizer()  # a Hugging Face GPT-2 folder (its tokenizer.json is GPT-2's BPE)
+        tok = load_tokenizer(path / EXPORTED_TOKENIZER)
+    elif (path / "tokenizer.json").is_file():
+        tok = load_tokenizer(path / "tokenizer.json")
+    elif cfg.family == "gpt2" or cfg.vocab_size == 50257:
+        return gpt2_tokenizer()  # a Hugging Face GPT-2 folder saved without its tokenizer files
+    else:
+        raise GptlabError(
+            f"{path}: this {cfg.family}-family model folder has no tokenizer.json; copy the model's tokenizer "
+            "files (tokenizer.json, tokenizer_config.json) into it"
+        )
+    tok.end_ids = tuple(_generation_eos_ids(path))
+    return tok
+
+
+def _generation_eos_ids(path: Path) -> list[int]:
+    """``eos_token_id`` of ``generation_config.json`` (an id or a list: Llama 3 Instruct ends turns
+    with ``<|eot_id|>`` and ``<|eom_id|>`` besides its end of text); empty when absent or unreadable."""
+    gen = path / "generation_config.json"
+    if not gen.is_file():
+        return []
+    try:
+        value = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value] if isinstance(value, list) else []

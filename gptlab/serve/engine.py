@@ -58,6 +58,8 @@ class SamplingParams(SamplingConfig):
     max_tokens: int = 16
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # Token ids that end this request besides the engine's own (a chat template's end-of-turn token).
+    stop_ids: tuple[int, ...] = ()
 
 
 class ContextLengthExceeded(GptlabError):
@@ -132,6 +134,11 @@ class Engine:
     ``max_context`` caps the tokens (prompt + completion) of one request, and so the slot cache's length
     per slot: by default the model's context length, at most :data:`DEFAULT_MAX_CONTEXT`. Requests
     longer than :attr:`context_length` are refused with :class:`ContextLengthExceeded`.
+
+    ``eos_id`` says which ids end a sequence: by default (-1) the tokenizer's ``stop_ids`` (its EOS,
+    e.g. an instruct model's ``<|im_end|>``/``<|eot_id|>``, ``<|endoftext|>`` and generation_config's
+    ids); an id or ids to use instead; None for none. A request's ``stop_ids`` add to them. The id
+    that ends a sequence is never turned into text.
     """
 
     def __init__(
@@ -139,7 +146,7 @@ class Engine:
         model: torch.nn.Module,
         tokenizer: Tokenizer,
         max_batch: int = 8,
-        eos_id: int | None = -1,
+        eos_id: int | Sequence[int] | None = -1,
         max_context: int | None = None,
     ) -> None:
         if max_batch < 1:
@@ -153,7 +160,12 @@ class Engine:
         limit = DEFAULT_MAX_CONTEXT if max_context is None else max_context
         self.context_length = min(model.cfg.context_length, limit)
         self.max_batch = max_batch
-        self.eos_id = tokenizer.eot_id if eos_id == -1 else eos_id
+        if isinstance(eos_id, int):
+            ends: tuple[int, ...] = tuple(tokenizer.stop_ids) if eos_id == -1 else (eos_id,)
+        else:
+            ends = () if eos_id is None else tuple(int(i) for i in eos_id)
+        self.stop_ids = frozenset(ends)
+        self.eos_id = ends[0] if ends else None  # the main one, for callers that want a single id
         self.device = next(model.parameters()).device
         self.cache = SlotCache.for_model(model, max_batch, max_len=self.context_length)
         # A model whose vocabulary is padded past the tokenizer's must never emit the padding ids.
@@ -356,7 +368,7 @@ class Engine:
         if req.cancelled:
             self._finish(req, "cancelled")
             return True
-        if token == self.eos_id and not req.params.ignore_eos:
+        if not req.params.ignore_eos and (token in self.stop_ids or token in req.params.stop_ids):
             self._finish(req, "stop")
             return True
         req.tokens.append(token)

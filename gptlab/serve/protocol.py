@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from gptlab.serve.chat_format import encode_chat, stop_ids_of
 from gptlab.serve.engine import ContextLengthExceeded, SamplingParams, check_fits
 
 
@@ -165,14 +166,15 @@ def parse_request(body: Any, chat: bool, tokenizer, chat_format, context_length:
         raise _type_error("stop", "a string or a list of strings", stop)
 
     if chat:
-        prompt_text = _chat_prompt(body.get("messages"), chat_format)
-        prompts = [tokenizer.encode(prompt_text, disallowed_special=()) or [tokenizer.eot_id or 0]]
+        prompts = [_chat_prompt(body.get("messages"), chat_format, tokenizer) or [tokenizer.eot_id or 0]]
         stops += [s for s in chat_format.stop if s not in stops]
+        stop_ids = stop_ids_of(chat_format)
         max_tokens = _integer(body, "max_completion_tokens")
         if max_tokens is None:
             max_tokens = _integer(body, "max_tokens")
     else:
         prompts = _completion_prompts(body.get("prompt"), tokenizer)
+        stop_ids = ()
         max_tokens = _integer(body, "max_tokens")
     longest = max(len(p) for p in prompts)
     if max_tokens is None:
@@ -185,7 +187,7 @@ def parse_request(body: Any, chat: bool, tokenizer, chat_format, context_length:
     except ContextLengthExceeded as exc:
         raise ApiError(400, str(exc), param="messages" if chat else "prompt", code="context_length_exceeded") from None
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                            stop=tuple(stops), ignore_eos=ignore_eos)
+                            stop=tuple(stops), ignore_eos=ignore_eos, stop_ids=stop_ids)
     return ParsedRequest(prompts, params, stream, include_usage, chat)
 
 
@@ -223,8 +225,12 @@ def _completion_prompts(prompt: Any, tokenizer) -> list[list[int]]:  # noqa: ANN
     return prompts
 
 
-def _chat_prompt(messages: Any, chat_format) -> str:  # noqa: ANN001
-    """Validate ``messages`` and format them; content may be a string or a list of text parts."""
+def _chat_prompt(messages: Any, chat_format, tokenizer) -> list[int]:  # noqa: ANN001
+    """Validate ``messages``, format and encode them (:func:`encode_chat`); content may be a string or text parts.
+
+    A message holding a special token's text under a chat template is refused with a 400 (see
+    :class:`~gptlab.serve.chat_format.TemplateChat`).
+    """
     if not isinstance(messages, list) or not messages:
         raise _type_error("messages", "a non-empty list of {role, content} objects", messages)
     clean: list[dict[str, str]] = []
@@ -245,8 +251,8 @@ def _chat_prompt(messages: Any, chat_format) -> str:  # noqa: ANN001
             raise _type_error(f"messages[{i}].content", "a string", content)
         clean.append({"role": "system" if role == "developer" else role, "content": content})
     try:
-        return chat_format.format_chat(clean)
-    except ValueError as exc:  # GptlabError from the prompt style: the message says what is wrong
+        return encode_chat(chat_format, tokenizer, clean)
+    except ValueError as exc:  # GptlabError from the prompt style or template: the message says what is wrong
         raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
 
 

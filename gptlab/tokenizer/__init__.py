@@ -3,7 +3,7 @@
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe import GPT2_PATTERN, BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
-from gptlab.tokenizer.registry import get_tokenizer, gpt2_tokenizer, load_tokenizer
+from gptlab.tokenizer.registry import get_tokenizer, gpt2_tokenizer, load_tokenizer, save_tokenizer
 from gptlab.tokenizer.simple import SimpleTokenizer
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "get_tokenizer",
     "gpt2_tokenizer",
     "load_tokenizer",
+    "save_tokenizer",
 ]

@@ -36,6 +36,7 @@ class Tokenizer(ABC):
     pad_token: str | None = None
     prefix_ids: tuple[int, ...] = ()
     suffix_ids: tuple[int, ...] = ()
+    end_ids: tuple[int, ...] = ()  # more ids that end generation (a model folder's generation_config.json)
 
     @property
     @abstractmethod
@@ -50,6 +51,12 @@ class Tokenizer(ABC):
     def token_id(self, text: str | None) -> int | None:
         """The id of a special (or added) token given by its text, or None when absent or ``text`` is None."""
         return None if text is None else self.special_tokens.get(text)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a generated answer: the EOS token, ``<|endoftext|>`` and ``end_ids``, in that order."""
+        ids = [self.token_id(self.eos_token), self.eot_id, *self.end_ids]
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
 
     @abstractmethod
     def encode_ordinary(self, text: str) -> list[int]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import regex
 
@@ -22,7 +23,8 @@ from gptlab.io import atomic_write_text
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN
 from gptlab.tokenizer.files import FORMAT, read_tokenizer_file
-from gptlab.tokenizer.merge import merge_piece
+from gptlab.tokenizer.added import AddedToken, AddedVocabulary
+from gptlab.tokenizer.merge import PAIR_SHIFT, merge_pair_piece, merge_piece
 from gptlab.tokenizer.pretokenize import Pretokenizer
 from gptlab.tokenizer.train import train_bpe
 
@@ -47,6 +49,50 @@ class _PieceCache(dict):
         if len(self) < _CACHE_LIMIT:
             self[piece] = ids
         return ids
+
+
+class _PairPieceCache(dict):
+    """The same cache for merge-list BPE (Hugging Face's rule, see :mod:`gptlab.tokenizer.merge`)."""
+
+    __slots__ = ("vocab", "pairs", "byte_ids", "whole")
+
+    def __init__(self, vocab: dict[bytes, int], pairs: dict[int, int], byte_ids: list[int | None], whole: bool):
+        super().__init__()
+        self.vocab, self.pairs, self.byte_ids, self.whole = vocab, pairs, byte_ids, whole
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        data = piece.encode("utf-8")
+        idx = self.vocab.get(data) if self.whole else None  # `ignore_merges`: a whole-word token wins
+        if idx is not None:
+            ids: tuple[int, ...] = (idx,)
+        else:
+            byte_ids = self.byte_ids
+            start = [byte_ids[b] for b in data]
+            if None in start:  # a byte the vocabulary lacks is dropped, as `tokenizers` drops it
+                start = [i for i in start if i is not None]
+            ids = tuple(merge_pair_piece(start, self.pairs))
+        if len(self) < _CACHE_LIMIT:
+            self[piece] = ids
+        return ids
+
+
+def ranks_follow_merges(vocab: dict[bytes, int], merges: list[tuple[bytes, bytes]]) -> bool:
+    """Whether ``merges`` is a plain BPE training record of ``vocab``: each merge makes a new token,
+    with increasing ids above every single byte's. Then a token's id is its merge priority and
+    tiktoken's rule (used with ``mergeable_ranks``) encodes as the merge list does; GPT-2's files and
+    gptlab's own trained tokenizers are like this, converted vocabularies such as Llama 3's are not.
+    """
+    if any(bytes([b]) not in vocab for b in range(256)):
+        return False
+    last = max(vocab[bytes([b])] for b in range(256))
+    seen = 0
+    for left, right in merges:
+        idx = vocab.get(left + right)
+        if idx is None or idx <= last:
+            return False
+        last = idx
+        seen += 1
+    return seen == sum(1 for tok in vocab if len(tok) > 1)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -77,37 +123,90 @@ class BPETokenizer(Tokenizer):
         special_tokens: special token text -> id (ids must not collide with ordinary tokens).
         pattern: the pre-tokenization regex (``regex`` module syntax).
         name: a label shown in logs and saved with the tokenizer.
+
+    A model's own tokenizer (read from ``tokenizer.json`` or a GGUF vocabulary, see
+    :mod:`gptlab.tokenizer.hf_json`) also brings, as keywords:
+        merges: the merge list, in priority order; encoding then follows Hugging Face's merge-list
+            rule (unless the list is a plain training record, see :func:`ranks_follow_merges`).
+        ignore_merges: a pre-token that is itself a token is that token (Llama 3).
+        pretokenizer: an object with ``split(text) -> pieces`` replacing ``pattern``'s.
+        normalizer: ``str -> str`` applied to text between added tokens (Qwen: NFC).
+        added_tokens: every added token with its flags; the special ones make ``special_tokens``.
+        pipeline: the file's ``normalizer``/``pre_tokenizer``/``post_processor``/``decoder`` objects,
+            written back unchanged by :meth:`save`.
     """
 
     def __init__(
         self,
         mergeable_ranks: dict[bytes, int],
         special_tokens: dict[str, int] | None = None,
-        pattern: str = GPT2_PATTERN,
+        pattern: str | None = GPT2_PATTERN,
         name: str = "bpe",
+        *,
+        merges: list[tuple[bytes, bytes]] | None = None,
+        ignore_merges: bool = False,
+        pretokenizer=None,
+        normalizer: Callable[[str], str] | None = None,
+        added_tokens: list[AddedToken] | None = None,
+        pipeline: dict[str, Any] | None = None,
     ):
         missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
-        if missing:
+        # A model's merge list may lack bytes: StarCoder's has no tokens for 0xC0, 0xC1 and 0xF1, 0xF5-0xFF
+        # (never or rarely in UTF-8 text); `tokenizers` then drops such a byte, and so do we.
+        if missing and merges is None:
             raise GptlabError(
                 f"BPE vocabulary lacks {len(missing)} of the 256 single-byte tokens "
                 f"(first missing byte: {missing[0]}); a byte-level vocabulary needs all of them"
             )
         self.mergeable_ranks = mergeable_ranks
+        explicit_added = added_tokens is not None
+        if added_tokens is not None:
+            special_tokens = {t.content: t.id for t in added_tokens if t.special}
+        else:
+            added_tokens = [AddedToken(idx, text) for text, idx in (special_tokens or {}).items()]
         self.special_tokens = dict(special_tokens or {})
+        self.added_tokens = sorted(added_tokens, key=lambda t: t.id)
         self.pattern = pattern
         self.name = name
+        self.normalizer = normalizer
+        self.pipeline = pipeline
         try:
-            self._pretokenizer = Pretokenizer(pattern)
+            self._pretokenizer = pretokenizer if pretokenizer is not None else Pretokenizer(pattern)
         except regex.error as exc:
             raise GptlabError(f"pre-tokenization pattern does not compile: {exc}") from None
         self._decoder: dict[int, bytes] = {rank: tok for tok, rank in mergeable_ranks.items()}
         if len(self._decoder) != len(mergeable_ranks):
             raise GptlabError("BPE vocabulary has two tokens with the same id")
-        for text, idx in self.special_tokens.items():
-            if idx in self._decoder:
-                raise GptlabError(f"special token {text!r} has id {idx}, which an ordinary token already uses")
-            self._decoder[idx] = text.encode("utf-8")
-        self._cache = _PieceCache(mergeable_ranks)
+        for tok in self.added_tokens:
+            # A model's tokenizer may give an added token the id of a vocabulary entry (see hf_json);
+            # for tokenizers made here a collision is a mistake.
+            if tok.id in self._decoder and not explicit_added:
+                raise GptlabError(f"special token {tok.content!r} has id {tok.id}, which an ordinary token already uses")
+            self._decoder[tok.id] = tok.content.encode("utf-8")
+        # Added tokens need their own matcher when some are not special (they always match), carry
+        # flags, or are matched after normalization; otherwise the base class's special-token split does.
+        needs_matcher = any(not t.special or t.lstrip or t.rstrip or t.single_word for t in self.added_tokens) or (
+            normalizer is not None and any(t.normalized for t in self.added_tokens))
+        self._added = AddedVocabulary(self.added_tokens) if needs_matcher else None
+        if merges is not None and ranks_follow_merges(mergeable_ranks, merges):
+            merges = None
+        self.merges = merges
+        self.ignore_merges = ignore_merges
+        if merges is None:
+            self._cache: dict = _PieceCache(mergeable_ranks)
+        else:
+            pairs: dict[int, int] = {}
+            for priority, (left, right) in enumerate(merges):
+                try:
+                    key = mergeable_ranks[left] << PAIR_SHIFT | mergeable_ranks[right]
+                    merged = mergeable_ranks[left + right]
+                except KeyError:
+                    raise GptlabError(
+                        f"merge {priority} ({left!r} + {right!r}) uses or makes a token that is not in the vocabulary"
+                    ) from None
+                pairs.setdefault(key, priority << PAIR_SHIFT | merged)  # a repeated pair keeps its first priority
+            byte_ids = [mergeable_ranks.get(bytes([b])) for b in range(256)]
+            self._cache = _PairPieceCache(mergeable_ranks, pairs, byte_ids, ignore_merges)
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -170,17 +269,61 @@ class BPETokenizer(Tokenizer):
 
     # ----------------------------------------------------------------------------- encode / decode
     @property
+    def has_added_matcher(self) -> bool:
+        """Whether added tokens are matched with Hugging Face's rules (some are always matched, or carry flags)."""
+        return self._added is not None
+
+    @property
     def n_vocab(self) -> int:
         return max(self._decoder) + 1
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Encode ``text`` with no special-token handling (its text is encoded as ordinary text)."""
+        """Encode ``text`` with no special-token handling (its text is encoded as ordinary text).
+
+        Added tokens that are not special (a model's always-whole strings) still match, as in
+        ``tokenizers``.
+        """
+        if self._added is not None:
+            return self._encode_added(text, frozenset())
+        return self._encode_text(text)
+
+    def _encode_text(self, text: str) -> list[int]:
+        """Normalize, pre-tokenize and merge one stretch of text that holds no added token."""
+        if self.normalizer is not None:
+            text = self.normalizer(text)
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, self._pretokenizer.split(text))))
         except UnicodeEncodeError:
             # Lone surrogates cannot be UTF-8 encoded; replace them exactly as tiktoken does.
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             return list(chain.from_iterable(map(self._cache.__getitem__, self._pretokenizer.split(text))))
+
+    def _encode_specials(self, text, allowed_special, disallowed_special) -> list[int]:
+        if self._added is None:
+            return super()._encode_specials(text, allowed_special, disallowed_special)
+        allowed = self.allowed_specials(allowed_special, disallowed_special, text) if self.special_tokens else set()
+        return self._encode_added(text, frozenset(allowed))
+
+    def _encode_added(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """Hugging Face's order: raw-text added tokens, then normalization, then normalized ones, then BPE."""
+        ids: list[int] = []
+        added = self._added
+        for segment, idx in added.split(text, allowed, normalized=False):
+            if idx is not None:
+                ids.append(idx)
+                continue
+            if self.normalizer is not None:
+                segment = self.normalizer(segment)
+            for piece, idx2 in added.split(segment, allowed, normalized=True):
+                if idx2 is not None:
+                    ids.append(idx2)
+                else:
+                    try:
+                        ids.extend(chain.from_iterable(map(self._cache.__getitem__, self._pretokenizer.split(piece))))
+                    except UnicodeEncodeError:
+                        piece = piece.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                        ids.extend(chain.from_iterable(map(self._cache.__getitem__, self._pretokenizer.split(piece))))
+        return ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenated bytes of ``ids``; an id outside the vocabulary raises :class:`GptlabError`."""
@@ -194,14 +337,27 @@ class BPETokenizer(Tokenizer):
         return self.decode_bytes([idx])
 
     # ----------------------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike, format: str = "gptlab") -> None:
+    def save(self, path: str | os.PathLike, format: str = "hf") -> None:
         """Save the tokenizer.
 
-        ``format="gptlab"`` writes a JSON file that :func:`gptlab.tokenizer.load_tokenizer` (and
-        :meth:`load`) read back, pattern and special tokens included. ``format="tiktoken"`` writes
-        the ``base64-token rank`` lines that ``tiktoken.load.load_tiktoken_bpe`` reads; pass
-        ``pattern`` and ``special_tokens`` to ``tiktoken.Encoding`` yourself (they are not in that format).
+        ``format="hf"`` (the default) writes a Hugging Face ``tokenizer.json`` that ``tokenizers`` and
+        transformers' ``PreTrainedTokenizerFast`` load with identical ids (see
+        :mod:`gptlab.tokenizer.hf_json`; :func:`gptlab.tokenizer.load_tokenizer` reads it back).
+        ``format="gptlab"`` writes gptlab's older JSON (ranks, pattern, specials), which tokenizers
+        read from a model's files cannot use. ``format="tiktoken"`` writes the ``base64-token rank``
+        lines that ``tiktoken.load.load_tiktoken_bpe`` reads; pass ``pattern`` and ``special_tokens``
+        to ``tiktoken.Encoding`` yourself (they are not in that format).
         """
+        if format == "hf":
+            from gptlab.tokenizer.hf_json import to_tokenizer_json  # hf_json builds on this module
+
+            atomic_write_text(path, json.dumps(to_tokenizer_json(self), ensure_ascii=False))
+            return
+        if self.pattern is None or self.merges is not None or self.normalizer is not None or self._added is not None:
+            raise GptlabError(
+                f"the {self.name} tokenizer comes from a model's tokenizer files; it can only be saved as "
+                "a Hugging Face tokenizer.json (format 'hf')"
+            )
         if format == "tiktoken":
             lines = (
                 f"{base64.b64encode(tok).decode('ascii')} {rank}"
@@ -210,7 +366,7 @@ class BPETokenizer(Tokenizer):
             atomic_write_text(path, "\n".join(lines) + "\n")
             return
         if format != "gptlab":
-            raise GptlabError(f"unknown tokenizer file format {format!r} (expected 'gptlab' or 'tiktoken')")
+            raise GptlabError(f"unknown tokenizer file format {format!r} (expected 'hf', 'gptlab' or 'tiktoken')")
         payload = {
             "format": FORMAT,
             "version": 1,
@@ -227,10 +383,14 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Load a BPE tokenizer written by :meth:`save` (gptlab JSON, or a tiktoken ranks file)."""
+        """Load a BPE tokenizer written by :meth:`save` (tokenizer.json, gptlab JSON, tiktoken ranks)."""
         path, content = read_tokenizer_file(path)
         if isinstance(content, bytes):
             return cls._from_tiktoken_ranks(content, path)
+        if "model" in content:
+            from gptlab.tokenizer.registry import load_tokenizer
+
+            return load_tokenizer(path)
         if content.get("type") != "bpe":
             raise GptlabError(f"{path}: holds a {content.get('type')} tokenizer, not a BPE tokenizer")
         return cls._from_payload(content, str(path))
@@ -264,6 +424,8 @@ class BPETokenizer(Tokenizer):
 
     def to_tiktoken(self):
         """A ``tiktoken.Encoding`` with this vocabulary, pattern and specials (None if unavailable)."""
+        if self.pattern is None or self.merges is not None or self.normalizer is not None or self._added is not None:
+            return None  # a model's own tokenizer: tiktoken cannot express its rules
         try:
             import tiktoken
         except ImportError:

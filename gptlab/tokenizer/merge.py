@@ -104,3 +104,94 @@ def merge_piece(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     if len(piece) > LONG_PIECE:
         return merge_long(piece, ranks)
     return merge_short(piece, ranks)
+
+
+# ------------------------------------------------------------------------------------------------
+# Merge-list BPE (Hugging Face's rule): the same loop, but what may merge is a *pair of tokens* listed
+# in ``merges``, and the pair listed first wins (leftmost on ties). tiktoken's rule above asks only
+# whether the concatenation is a token; the two agree on vocabularies trained by plain BPE, but not
+# on converted ones such as Llama 3's, whose merges list several pairs per token.
+#
+# A pair table maps ``left_id << PAIR_SHIFT | right_id`` to ``priority << PAIR_SHIFT | merged_id``,
+# so ``min`` over the values picks the highest-priority pair and the merged id is in the low bits.
+PAIR_SHIFT = 24  # ids below 16.7M: every real vocabulary
+_ID_MASK = (1 << PAIR_SHIFT) - 1
+
+
+def merge_pairs_short(ids: list[int], pairs: dict[int, int]) -> list[int]:
+    """Apply merge-list BPE to the token ids of one pre-token (rescan version, O(n^2)); mutates ``ids``."""
+    get = pairs.get
+    shift = PAIR_SHIFT
+    values = [get(ids[i] << shift | ids[i + 1], _NOT_A_TOKEN) for i in range(len(ids) - 1)]
+    while values:
+        best = min(values)
+        if best == _NOT_A_TOKEN:
+            break
+        i = values.index(best)
+        merged = best & _ID_MASK
+        ids[i] = merged
+        del ids[i + 1]
+        del values[i]
+        if i < len(values):
+            values[i] = get(merged << shift | ids[i + 1], _NOT_A_TOKEN)
+        if i:
+            values[i - 1] = get(ids[i - 1] << shift | merged, _NOT_A_TOKEN)
+    return ids
+
+
+def merge_pairs_long(ids: list[int], pairs: dict[int, int]) -> list[int]:
+    """Merge-list BPE with a heap over a linked list: O(n log n). Same result as :func:`merge_pairs_short`.
+
+    A heap entry ``(value, s)`` proposes merging the token at position ``s`` with its right
+    neighbour; ``value`` identifies the pair (priority and result), so an entry is stale exactly
+    when the pair now at ``s`` has another value.
+    """
+    n = len(ids)
+    get = pairs.get
+    shift = PAIR_SHIFT
+    tok = list(ids)
+    nxt = list(range(1, n + 1))
+    prev = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = []
+    for s in range(n - 1):
+        v = get(tok[s] << shift | tok[s + 1])
+        if v is not None:
+            heap.append((v, s))
+    heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        v, s = pop(heap)
+        if not alive[s]:
+            continue
+        m = nxt[s]
+        if m >= n or get(tok[s] << shift | tok[m]) != v:
+            continue
+        merged = v & _ID_MASK
+        tok[s] = merged
+        alive[m] = False
+        after = nxt[m]
+        nxt[s] = after
+        if after < n:
+            prev[after] = s
+            r = get(merged << shift | tok[after])
+            if r is not None:
+                push(heap, (r, s))
+        p = prev[s]
+        if p >= 0:
+            r = get(tok[p] << shift | merged)
+            if r is not None:
+                push(heap, (r, p))
+    out = []
+    s = 0
+    while s < n:
+        out.append(tok[s])
+        s = nxt[s]
+    return out
+
+
+def merge_pair_piece(ids: list[int], pairs: dict[int, int]) -> list[int]:
+    """Merge-list BPE of one pre-token's byte-token ids, choosing the faster algorithm for its length."""
+    if len(ids) > LONG_PIECE:
+        return merge_pairs_long(ids, pairs)
+    return merge_pairs_short(ids, pairs)

@@ -16,6 +16,13 @@ from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.bpe import BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
 from gptlab.tokenizer.files import read_tokenizer_file
+from gptlab.tokenizer.gguf_vocab import read_gguf_vocab
+from gptlab.tokenizer.hf_json import (
+    from_tokenizer_json,
+    is_tokenizer_json,
+    read_tokenizer_config,
+    save_pretrained_tokenizer,
+)
 from gptlab.tokenizer.simple import SimpleTokenizer
 
 _GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M"
@@ -71,11 +78,36 @@ def get_tokenizer(name_or_path: str | os.PathLike, corpus: str | None = None) ->
     return load_tokenizer(path)
 
 
+def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
+    """Write ``tok`` into a model, run or data folder as ``tokenizer.json``.
+
+    A BPE tokenizer is written in Hugging Face's format, with a ``tokenizer_config.json`` beside it
+    when it has a chat template or BOS/EOS/PAD names (what a model's own tokenizer brings), so that
+    :func:`load_tokenizer` on the folder gives it back whole. Other kinds use gptlab's format.
+    """
+    directory = Path(directory)
+    if isinstance(tok, BPETokenizer) and (tok.chat_template or tok.bos_token or tok.eos_token or tok.pad_token):
+        save_pretrained_tokenizer(tok, directory)
+    else:
+        tok.save(directory / "tokenizer.json")
+        (directory / "tokenizer_config.json").unlink(missing_ok=True)  # a stale one would describe another
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load any tokenizer file written by gptlab's ``save`` (or a tiktoken ranks file, GPT-2 pattern)."""
+    """Load a tokenizer from a file or folder.
+
+    Reads a Hugging Face ``tokenizer.json`` (with the ``tokenizer_config.json`` beside it: chat
+    template, BOS/EOS/PAD), a GGUF file's vocabulary, any file gptlab's ``save`` writes, or a tiktoken
+    ranks file (GPT-2's pattern). A folder stands for its ``tokenizer.json``.
+    """
+    if Path(path).suffix.lower() == ".gguf" and Path(path).is_file():
+        payload, config = read_gguf_vocab(path)
+        return from_tokenizer_json(payload, str(path), config, name=Path(path).stem)
     path, payload = read_tokenizer_file(path)
     if isinstance(payload, bytes):
         return BPETokenizer._from_tiktoken_ranks(payload, path)
+    if is_tokenizer_json(payload):
+        return from_tokenizer_json(payload, str(path), read_tokenizer_config(path.parent), name=path.parent.name or "hf")
     kind = payload.get("type")
     try:
         if kind == "bpe":

@@ -49,6 +49,7 @@ from gptlab.train.optim import make_adamw
 from gptlab.train.schedule import lr_at
 from gptlab.train.setup import check_settings, default_run_dir, prepare_run_data
 from gptlab.train.task import TrainTask, load_trainable_state, trainable_state
+from gptlab.tokenizer import save_tokenizer
 
 
 @dataclass
@@ -215,7 +216,7 @@ class TrainingRun:
         if getattr(self.tokenizer, "name", "") == "gpt2":
             tok_ref = {"name": "gpt2"}
         else:
-            self.tokenizer.save(self.run_dir / "tokenizer.json")
+            save_tokenizer(self.tokenizer, self.run_dir)
             tok_ref = {"file": "tokenizer.json"}
         payload = {
             "format": RUN_FORMAT,

@@ -31,6 +31,7 @@ from gptlab.finetune.classify.data import LabelMap
 from gptlab.finetune.classify.model import EnsembleClassifier, GPTClassifier
 from gptlab.io import atomic_write_bytes, atomic_write_text
 from gptlab.outdir import OutDir
+from gptlab.tokenizer import save_tokenizer
 
 CLASSIFIER_FORMAT = "gptlab-classifier"
 ENSEMBLE_DIR = "ensemble"
@@ -74,7 +75,7 @@ def save_classifier(
     save_member_weights(model, member_dir(directory, member), meta.get("trainable") == "lora", meta.get("base"))
     atomic_write_text(directory / "labels.json", json.dumps(labels.to_dict(), indent=2) + "\n")
     if not (directory / "tokenizer.json").is_file():
-        tokenizer.save(directory / "tokenizer.json")
+        save_tokenizer(tokenizer, directory)
     atomic_write_text(directory / "classifier.json", json.dumps({"format": CLASSIFIER_FORMAT, **meta}, indent=2) + "\n")
 
 

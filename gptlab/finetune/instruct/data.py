@@ -2,6 +2,11 @@
 
 Entries stay plain dictionaries, so any extra fields (an id, a ``model_response`` written by
 ``gptlab instruct generate``) travel through unchanged. ``input`` may be missing or empty.
+
+A file may instead hold chat entries, the common chat data-set form:
+``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}`` with at least one
+assistant message. Those are rendered with the model's chat template and trained on the assistant
+turns only (:func:`gptlab.finetune.instruct.collate.encode_chat_example`). One file holds one kind.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from gptlab.errors import GptlabError
 # The book's chapter 7 split: 85% train, 10% test, the rest (5%) validation, in that order.
 BOOK_FRACTIONS = (0.85, 0.10)
 SPLITS = ("train", "test", "val")
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 def resolve_data(source: str | os.PathLike) -> Path:
@@ -38,8 +44,9 @@ def load_examples(source: str | os.PathLike, require_output: bool = True) -> lis
     """Read and check an instruction file (JSON list, or JSONL with one object per line).
 
     Every entry must be an object with a string ``instruction`` and (unless ``require_output`` is
-    False) a string ``output``; ``input`` must be a string when present (missing means ""). The first
-    bad entry raises :class:`GptlabError` naming the file, the entry's index and the field.
+    False) a string ``output``; ``input`` must be a string when present (missing means ""). Or every
+    entry is a chat entry ``{messages: [...]}`` (:func:`check_chat_entry`). The first bad entry raises
+    :class:`GptlabError` naming the file, the entry's index and the field.
     """
     path = resolve_data(source)
     try:
@@ -61,25 +68,46 @@ def load_examples(source: str | os.PathLike, require_output: bool = True) -> lis
         except json.JSONDecodeError as exc:
             raise GptlabError(
                 f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of "
-                "{instruction, input, output} objects (or a .jsonl file with one per line)"
+                "{instruction, input, output} or {messages} objects (or a .jsonl file with one per line)"
             ) from None
         if not isinstance(entries, list):
             raise GptlabError(
-                f"{path}: expected a JSON list of {{instruction, input, output}} objects, "
+                f"{path}: expected a JSON list of {{instruction, input, output}} or {{messages}} objects, "
                 f"got a JSON {type(entries).__name__}"
             )
     check_examples(entries, str(path), require_output)
     return entries
 
 
+def is_chat_entry(entry: Any) -> bool:
+    """Whether ``entry`` is a chat entry (has a ``messages`` field) rather than an instruction entry."""
+    return isinstance(entry, dict) and "messages" in entry
+
+
+def is_chat_data(entries: list[Any]) -> bool:
+    """Whether checked ``entries`` are chat entries (a file holds one kind, so the first decides)."""
+    return bool(entries) and is_chat_entry(entries[0])
+
+
 def check_examples(entries: list[Any], where: str, require_output: bool = True) -> None:
-    """Raise :class:`GptlabError` for the first entry that is not a usable instruction example."""
+    """Raise :class:`GptlabError` for the first entry that is not a usable instruction (or chat) example.
+
+    The first entry decides the kind: ``{instruction, input, output}`` or ``{messages}``
+    (:func:`check_chat_entry`); an entry of the other kind is an error, so a file holds one kind.
+    """
     if not entries:
         raise GptlabError(f"{where}: no entries")
+    if is_chat_entry(entries[0]):
+        for i, entry in enumerate(entries):
+            check_chat_entry(entry, where, i, require_assistant=require_output)
+        return
     required = ("instruction", "output") if require_output else ("instruction",)
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise GptlabError(f"{where}: entry {i}: expected an object, got {type(entry).__name__}")
+        if "messages" in entry:
+            raise GptlabError(f"{where}: entry {i}: a chat entry (field 'messages') among instruction entries; "
+                              "a file holds one kind")
         for name in required:
             if name not in entry:
                 raise GptlabError(f"{where}: entry {i}: field {name!r} is missing")
@@ -93,6 +121,40 @@ def check_examples(entries: list[Any], where: str, require_output: bool = True) 
                 )
         if not entry["instruction"].strip():
             raise GptlabError(f"{where}: entry {i}: field 'instruction' is empty")
+
+
+def check_chat_entry(entry: Any, where: str, index: int, require_assistant: bool = True) -> None:
+    """Raise :class:`GptlabError` unless ``entry`` is ``{"messages": [{"role": ..., "content": str}, ...]}``.
+
+    Roles must be system, user or assistant and contents strings; with ``require_assistant`` (training
+    data) at least one message must be the assistant's, since only assistant turns are learned.
+    Other fields, in the entry or in a message, are allowed and ignored.
+    """
+    head = f"{where}: entry {index}"
+    if not isinstance(entry, dict):
+        raise GptlabError(f"{head}: expected an object, got {type(entry).__name__}")
+    if "messages" not in entry:
+        fields = ", ".join(repr(k) for k in entry) or "none"
+        raise GptlabError(f"{head}: field 'messages' is missing (it has {fields}); a file holds one kind of entry")
+    messages = entry["messages"]
+    if not isinstance(messages, list):
+        raise GptlabError(f"{head}: field 'messages' must be a list, got {type(messages).__name__}")
+    if not messages:
+        raise GptlabError(f"{head}: field 'messages' is empty")
+    for j, message in enumerate(messages):
+        field = f"messages[{j}]"
+        if not isinstance(message, dict):
+            raise GptlabError(f"{head}: field {field!r} must be an object, got {type(message).__name__}")
+        for name in ("role", "content"):
+            if name not in message:
+                raise GptlabError(f"{head}: field '{field}.{name}' is missing")
+        role, content = message["role"], message["content"]
+        if role not in CHAT_ROLES:
+            raise GptlabError(f"{head}: field '{field}.role' must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise GptlabError(f"{head}: field '{field}.content' must be a string, got {type(content).__name__}")
+    if require_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise GptlabError(f"{head}: field 'messages' has no assistant message, so there is nothing to learn")
 
 
 def split_examples(

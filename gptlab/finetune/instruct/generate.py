@@ -7,6 +7,15 @@ stopped: entries that already have a ``model_response`` are kept. Seeded samplin
 :func:`gptlab.model.generate.stream_generate`), so an answer does not depend on the batch it was
 generated in, and a resumed run writes what an uninterrupted one would have.
 
+Prompts: an explicit ``--style`` first, else the run's ``prompt_style.json`` (GPT-2 fine-tunes), else
+the model tokenizer's chat template (instruct models, runs trained on chat data), else Alpaca. Chat
+entries (``{"messages": [...]}``) are prompted with the conversation up to their last assistant
+message, whose content is the reference answer; entries without an assistant message are prompted
+with all their messages. Under a chat template an ``{instruction, input}`` entry is one user message,
+the instruction followed by a blank line and the input, as a prompt style without an input field
+formats it. Answers end at the tokenizer's stop ids (EOS, ``<|endoftext|>``, generation_config's
+ids) and the template's end-of-turn token, or at the style's stop markers.
+
 An existing output file is only continued or (``--overwrite``) replaced when it is one this command
 wrote: a JSON list of entries with answers. Anything else (the data file, a run's own files, the
 scores of ``instruct eval``, a file that is not JSON) is refused, even with ``--overwrite``.
@@ -25,8 +34,10 @@ import torch
 
 from gptlab.data.prompts import ALPACA, PromptStyle, get_style, load_style
 from gptlab.errors import GptlabError
+from gptlab.finetune.instruct.data import is_chat_entry
 from gptlab.io import atomic_write_text
 from gptlab.model.generate import SamplingConfig, stream_generate
+from gptlab.serve.chat_format import TemplateChat, encode_chat, stop_ids_of
 
 RESPONSE_FIELD = "model_response"
 # How often (in new tokens) the decoded answers are checked for a stop marker; checking decodes text,
@@ -43,44 +54,109 @@ def style_for_model(model_spec: str, style: str | None = None) -> PromptStyle:
     return saved or ALPACA
 
 
+def prompt_format_for(model_spec: str, tokenizer, style: str | None = None) -> PromptStyle | TemplateChat:  # noqa: ANN001
+    """How to prompt ``model_spec``: ``style`` if given, else the folder's prompt_style.json, else
+    ``tokenizer``'s chat template, else Alpaca (the book's default, for GPT-2 models)."""
+    if style or not getattr(tokenizer, "chat_template", None):
+        return style_for_model(model_spec, style)
+    path = Path(model_spec)
+    saved = load_style(path) if path.is_dir() else None
+    return saved or TemplateChat.from_tokenizer(tokenizer, name=f"--model {model_spec} chat template")
+
+
+def entry_messages(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages that prompt for ``entry``'s answer.
+
+    A chat entry: its messages before the last assistant message (all of them when it has none). An
+    instruction entry: one user message, the instruction and (after a blank line) the input.
+    """
+    if is_chat_entry(entry):
+        messages = entry["messages"]
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+        return messages[:last]
+    text = entry["instruction"]
+    if entry.get("input"):
+        text = f"{text}\n\n{entry['input']}"
+    return [{"role": "user", "content": text}]
+
+
+def reference_answer(entry: dict[str, Any]) -> str | None:
+    """The answer ``entry`` expects: ``output``, or a chat entry's last assistant message; None if none."""
+    if is_chat_entry(entry):
+        answers = [m["content"] for m in entry["messages"] if m.get("role") == "assistant"]
+        return answers[-1] if answers else None
+    return entry.get("output")
+
+
+def encode_prompt(fmt: PromptStyle | TemplateChat, tokenizer, entry: dict[str, Any]) -> list[int]:  # noqa: ANN001
+    """The prompt ids for ``entry`` under ``fmt`` (see :func:`entry_messages`).
+
+    A prompt style formats an instruction entry with its own template (special-token text encoded as
+    plain text, as in training), a chat entry with its chat format. A chat template's prompt is
+    encoded with special tokens allowed after its messages are checked for special-token text
+    (:class:`~gptlab.serve.chat_format.TemplateChat`), as ``gptlab serve`` does.
+    """
+    if isinstance(fmt, PromptStyle) and not is_chat_entry(entry):
+        return tokenizer.encode_ordinary(fmt.format(entry["instruction"], entry.get("input") or ""))
+    return encode_chat(fmt, tokenizer, entry_messages(entry))
+
+
+def _cut(style: Any, text: str) -> str:
+    """``text`` up to the first of the format's stop markers, stripped of surrounding whitespace."""
+    end = len(text)
+    for marker in getattr(style, "stop", ()):
+        at = text.find(marker)
+        if 0 <= at < end:
+            end = at
+    return text[:end].strip()
+
+
 def generate_answers(
     model,
     tokenizer,
-    style: PromptStyle,
-    prompts: list[str],
+    style: PromptStyle | TemplateChat,
+    prompts: list[str] | list[list[int]],
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int | None = None,
+    stop_ids: tuple[int, ...] | None = None,
 ) -> list[str]:
-    """One batch: each prompt's answer, generated together (left padding), cut at end-of-text and stop markers.
+    """One batch: each prompt's answer, generated together (left padding), cut at stop ids and stop markers.
 
-    Generation stops early once every answer has ended (end-of-text or a stop marker in its text).
-    A prompt and answer longer than the context slide through it, as the book's ``generate`` does
-    (the model sees the last ``context_length`` tokens). With ``temperature`` > 0 and a ``seed``, each
-    prompt samples from its own generator seeded with ``seed``: its answer is the same in any batch.
+    ``prompts`` are texts (encoded as ordinary text) or token ids (:func:`encode_prompt`). An answer
+    ends at any of ``stop_ids`` (default: the tokenizer's ``stop_ids`` and the format's own, e.g. a
+    chat template's end-of-turn token), never included, or at a stop marker of ``style`` in its text.
+    Generation stops early once every answer has ended. A prompt and answer longer than the context
+    slide through it, as the book's ``generate`` does (the model sees the last ``context_length``
+    tokens). With ``temperature`` > 0 and a ``seed``, each prompt samples from its own generator
+    seeded with ``seed``: its answer is the same in any batch.
     """
-    eos = tokenizer.eot_id
-    ids = [tokenizer.encode_ordinary(p) for p in prompts]
+    if stop_ids is None:
+        stop_ids = tuple(dict.fromkeys([*tokenizer.stop_ids, *stop_ids_of(style)]))
+    ends = set(stop_ids)
+    ids = [tokenizer.encode_ordinary(p) if isinstance(p, str) else list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, seed=seed)
-    steps = stream_generate(model, ids, max_new_tokens, eos_id=eos, sampling=sampling)
+    # stream_generate knows one end id; the others are watched here (a finished row's later tokens are ignored).
+    steps = stream_generate(model, ids, max_new_tokens, eos_id=stop_ids[0] if stop_ids else None, sampling=sampling)
     for count, tokens in enumerate(steps, 1):
         for row, tok in enumerate(tokens.tolist()):
             if done[row]:
                 continue
-            if eos is not None and tok == eos:
+            if tok in ends:
                 done[row] = True
             else:
                 new[row].append(tok)
         if count % _CHECK_EVERY == 0 and style.stop:
             for row in range(len(prompts)):
-                if not done[row] and style.cut(tokenizer.decode(new[row])) != tokenizer.decode(new[row]).strip():
+                text = tokenizer.decode(new[row])
+                if not done[row] and _cut(style, text) != text.strip():
                     done[row] = True
         if all(done):
             break
-    return [style.cut(tokenizer.decode(tokens)) for tokens in new]
+    return [_cut(style, tokenizer.decode(tokens)) for tokens in new]
 
 
 def _is_answers_file(data: Any) -> bool:
@@ -155,6 +231,7 @@ def _merge_previous(out: Path, previous: list[dict[str, Any]], entries: list[dic
     """Entries with the answers an earlier (interrupted) run wrote to ``out``; refuses a different data set."""
     same = len(previous) == len(entries) and all(
         p.get("instruction") == e.get("instruction") and p.get("input", "") == e.get("input", "")
+        and p.get("messages") == e.get("messages")
         for p, e in zip(previous, entries)
     )
     if not same:
@@ -187,7 +264,7 @@ def generate_responses(
     log: Callable[[str], None] = print,
     data_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Answer every entry's instruction with the model and write ``out`` (resumable); returns a summary.
+    """Answer every entry (an instruction or a chat, see the module) and write ``out`` (resumable); returns a summary.
 
     ``data_path`` is the file the entries came from: never written, even when ``out`` names it.
     Settings, ``out`` and the place it goes to are checked before the model is loaded.
@@ -218,8 +295,13 @@ def generate_responses(
 
     model, tokenizer = load_model(model_spec, dtype=dtype)
     model = model.to(pick_device(device)).eval()
-    prompt_style = style_for_model(model_spec, style)
-    prompts = {i: prompt_style.format(results[i]["instruction"], results[i].get("input") or "") for i in pending}
+    prompt_style = prompt_format_for(model_spec, tokenizer, style)
+    prompts: dict[int, list[int]] = {}
+    for i in pending:  # all before the first batch: a bad entry fails now, not after an hour of answers
+        try:
+            prompts[i] = encode_prompt(prompt_style, tokenizer, results[i])
+        except GptlabError as exc:
+            raise GptlabError(f"entry {i}: {exc}") from None
     # Similar lengths together: less left padding to compute through. Order in the file is unchanged.
     pending.sort(key=lambda i: len(prompts[i]))
 

@@ -6,6 +6,11 @@ like any other, plus ``prompt_style.json`` (the style generation and serving reu
 (the train/test/val split as JSON, ready for ``gptlab instruct generate --data RUN/data/test.json``).
 With LoRA, checkpoints hold the merged weights; the adapters themselves are in each checkpoint's state
 (for resuming) and exported at the end into ``RUN/adapter/``.
+
+Chat data (entries ``{"messages": [...]}``) is rendered with a chat template instead of a prompt
+style: the model tokenizer's own ``chat_template``, or ``InstructConfig.chat_template`` (a file or a
+template string). The loss then covers the assistant turns only, and the run folder holds the
+template as ``chat_template.jinja`` instead of ``prompt_style.json``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,14 @@ import torch
 
 from gptlab.data.prompts import get_style, save_style
 from gptlab.errors import GptlabError
-from gptlab.finetune.instruct.collate import InstructBatches, encode_example, fixed_batches
-from gptlab.finetune.instruct.data import SPLITS, load_examples, split_examples
+from gptlab.finetune.instruct.collate import (
+    InstructBatches,
+    chat_special_tokens,
+    encode_chat_example,
+    encode_example,
+    fixed_batches,
+)
+from gptlab.finetune.instruct.data import SPLITS, is_chat_data, load_examples, split_examples
 from gptlab.io import atomic_write_text
 from gptlab.model.dropout import set_dropout
 from gptlab.model.load import load_model
@@ -32,6 +43,7 @@ from gptlab.train.config import TrainConfig
 from gptlab.train.task import TrainTask, load_trainable_state
 
 TASK_NAME = "instruct"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 @dataclass
@@ -41,6 +53,7 @@ class InstructConfig:
     data: str = "instruction-data"
     model: str = "gpt2-medium"  # run folder, Hugging Face folder, hub name or preset
     style: str = "alpaca"  # alpaca | phi3 | template file | template string
+    chat_template: str | None = None  # for chat data: a Jinja file or string (None: the tokenizer's own)
     mask_prompt: bool = False
     max_length: int = 0  # truncate examples to this many tokens (0 = the model's context length)
     split_seed: int | None = None  # None: the book's unshuffled 85/10/5 split
@@ -93,8 +106,15 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
     # Loaded here to learn the context length and tokenizer; build_model() hands this copy to the
     # trainer the first time and loads again after that (a resume rebuilds the same starting point).
     probe, tokenizer = load_model(icfg.model)
+    chat = is_chat_data(examples)
     pad_id = tokenizer.eot_id
-    if pad_id is None:
+    if chat:
+        template, template_name = resolve_chat_template(icfg, tokenizer)
+        if pad_id is None:
+            # Chat targets never include padding, so any id pads; prefer the tokenizer's own pad or end token.
+            candidates = (tokenizer.token_id(tokenizer.pad_token), tokenizer.token_id(tokenizer.eos_token))
+            pad_id = next((i for i in candidates if i is not None), 0)
+    elif pad_id is None:
         raise GptlabError(f"--model {icfg.model}: its tokenizer has no <|endoftext|> token to end answers with")
     context = probe.cfg.context_length
     max_length = icfg.max_length or context
@@ -102,7 +122,20 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
         raise GptlabError(f"--max-length {max_length} exceeds the model's context length {context}")
     loaded = [probe]
 
-    encoded = {name: [encode_example(tokenizer, style, e) for e in parts[name]] for name in SPLITS}
+    if chat:
+        index = {id(e): i for i, e in enumerate(examples)}
+        specials = chat_special_tokens(tokenizer)
+
+        def encode(entry: dict[str, Any]):
+            try:
+                return encode_chat_example(tokenizer, template, entry, specials, name=template_name)
+            except GptlabError as exc:
+                raise GptlabError(f"--data {icfg.data}: entry {index[id(entry)]}: {exc}") from None
+    else:
+        def encode(entry: dict[str, Any]):
+            return encode_example(tokenizer, style, entry)
+
+    encoded = {name: [encode(e) for e in parts[name]] for name in SPLITS}
     too_long = sum(len(ids) > max_length for ids, _ in encoded["train"])
     if too_long:
         log(f"note: {too_long} of {len(encoded['train'])} training examples are longer than {max_length} tokens "
@@ -134,7 +167,10 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         atomic_write_text(run_dir / "data" / f"{name}.json", json.dumps(parts[name], indent=2, ensure_ascii=False))
-    save_style(style, run_dir)
+    if chat:
+        atomic_write_text(run_dir / CHAT_TEMPLATE_FILE, template)
+    else:
+        save_style(style, run_dir)
     info = {**icfg.to_dict(), "sizes": {k: len(v) for k, v in parts.items()}}
     return TrainTask(
         name=TASK_NAME,
@@ -146,6 +182,37 @@ def build_task(icfg: InstructConfig, tcfg: TrainConfig, run_dir: Path, log: Call
         export_weights=merged_weights if icfg.lora_rank else None,
         run_info=info,
     )
+
+
+def resolve_chat_template(icfg: InstructConfig, tokenizer) -> tuple[str, str]:
+    """``(template, name)`` for chat data: ``icfg.chat_template`` (a file, else a string), else the tokenizer's.
+
+    Raises a one-line :class:`GptlabError` when neither exists, saying how to give one.
+    """
+    given = icfg.chat_template
+    if given:
+        path = Path(given).expanduser()
+        if "{" not in given and path.is_file():
+            try:
+                return path.read_text(encoding="utf-8"), path.name
+            except (OSError, UnicodeDecodeError) as exc:
+                raise GptlabError(f"--chat-template {given}: cannot read ({exc})") from None
+        if "{%" in given or "{{" in given:
+            return given, "--chat-template"
+        raise GptlabError(f"--chat-template {given!r}: no such file, and not a Jinja template string")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template, f"--model {icfg.model} chat template"
+    raise GptlabError(f"--data {icfg.data} holds chat entries ('messages') but the tokenizer of --model {icfg.model} "
+                      "has no chat template; pass one with --chat-template FILE (a Jinja chat template)")
+
+
+def chat_sample_prompt(template: str, template_name: str, messages: list[dict[str, Any]], tokenizer) -> str:
+    """The conversation before its first assistant turn, rendered with the generation prompt (the sample's prompt)."""
+    from gptlab.tokenizer.chat_template import render_chat
+
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+    return render_chat(template, messages[:first] or messages[:1], add_generation_prompt=True,
+                       special_tokens=chat_special_tokens(tokenizer), name=template_name)
 
 
 def _check_exportable(model: torch.nn.Module) -> None:
@@ -214,7 +281,12 @@ def finetune(
         task = build_task(icfg, tcfg, run_dir, log)
         if not tcfg.sample_prompt:
             first = json.loads((run_dir / "data" / "val.json").read_text(encoding="utf-8"))[0]
-            tcfg.sample_prompt = get_style(icfg.style).format(first["instruction"], first.get("input") or "")
+            if "messages" in first:
+                template = (run_dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+                tcfg.sample_prompt = chat_sample_prompt(template, CHAT_TEMPLATE_FILE, first["messages"],
+                                                        task.tokenizer)
+            else:
+                tcfg.sample_prompt = get_style(icfg.style).format(first["instruction"], first.get("input") or "")
         return task
 
     result = pretrain(tcfg, progress=progress, log=log, on_eval=on_eval, task=make_task, overwrite=overwrite)
@@ -238,6 +310,8 @@ def resume_finetune(
     if task_info is None or task_info.get("name") != TASK_NAME:
         raise GptlabError(f"{run_dir}: not an instruction fine-tuning run (use gptlab pretrain --resume)")
     icfg = InstructConfig.from_dict(task_info)
+    if (run_dir / CHAT_TEMPLATE_FILE).is_file():
+        icfg.chat_template = str(run_dir / CHAT_TEMPLATE_FILE)  # the run's own copy, even if the original moved
     task = build_task(icfg, tcfg, run_dir, log)
     result = pretrain(tcfg, resume=str(run_dir), progress=progress, log=log, task=task)
     _finish(run_dir, icfg)
