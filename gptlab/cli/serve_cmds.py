@@ -69,7 +69,7 @@ def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
     """Model, tokenizer, chat format and a started engine."""
     from gptlab.model.dtypes import parse_dtype
     from gptlab.model.load import load_model
-    from gptlab.serve.chat_format import chat_format_for
+    from gptlab.data.chat_format import chat_format_for
     from gptlab.serve.engine import Engine
 
     if max_batch < 1:
@@ -133,7 +133,7 @@ def _fit_history(messages: list[dict], fmt, tok, context: int, max_tokens: int) 
     Returns ``(prompt ids, max_tokens for the answer, turns dropped)``. A lone message too long for the
     context leaves room for a shorter answer, or none at all (max_tokens 0).
     """
-    from gptlab.serve.chat_format import encode_chat
+    from gptlab.data.chat_format import encode_chat
     from gptlab.serve.engine import ContextLengthExceeded, check_fits
 
     dropped = 0
@@ -165,7 +165,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise GptlabError(f"--temperature must be in [0, 2], got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         raise GptlabError(f"--top-p must be in (0, 1], got {args.top_p}")
-    from gptlab.serve.chat_format import SpecialTokenInMessage, history_text, stop_ids_of
+    from gptlab.data.chat_format import SpecialTokenInMessage, history_text, stop_ids_of
     from gptlab.serve.engine import SamplingParams
 
     model, tok, fmt, engine = _load(args, 1)

@@ -180,7 +180,7 @@ def _export(args: argparse.Namespace) -> int:
     from gptlab.model.load import EXPORTED_TOKENIZER
     from gptlab.model.run_folder import checkpoint_dir, load_run
     from gptlab.tokenizer import BPETokenizer
-    from gptlab.tokenizer.hf_json import save_pretrained_tokenizer
+    from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
     from gptlab.outdir import StagedOutDir, is_run_dir
 
     out = StagedOutDir(args.out, overwrite=args.overwrite, kind="exported model folder",

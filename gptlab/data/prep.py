@@ -20,9 +20,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import reduce
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +198,10 @@ def _mapper(workers: int, encoder: PieceEncoder | None, errors: str) -> Iterator
     """An ordered, lazy ``map(fn, pieces)`` over ``workers`` processes (in this process when 1).
 
     Fork is used where it exists: the children inherit the encoder already built here, so starting
-    them costs milliseconds, not a tokenizer load each.
+    them costs milliseconds, not a tokenizer load each. A ``ProcessPoolExecutor`` rather than
+    ``multiprocessing.Pool``: when the consumer stops early (a piece that is not UTF-8), ``Pool``'s
+    terminate can wait forever on its task-feeding thread (seen under load in the test suite), while
+    the executor cancels what has not started and reports dead workers instead of hanging.
     """
     if workers == 1:
         init_worker(encoder, errors)
@@ -206,8 +212,24 @@ def _mapper(workers: int, encoder: PieceEncoder | None, errors: str) -> Iterator
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(encoder, errors)) as pool:
-        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+    executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(encoder, errors))
+    try:
+        yield lambda fn, items: _ordered_map(executor, fn, items, 2 * workers)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _ordered_map(executor: ProcessPoolExecutor, fn: Callable, items: Sequence, window: int) -> Iterator:
+    """``map(fn, items)`` in order, with at most ``window`` pieces in flight (memory stays bounded)."""
+    pending: deque = deque()
+    it = iter(items)
+    for item in islice(it, window):
+        pending.append(executor.submit(fn, item))
+    while pending:
+        result = pending.popleft().result()
+        for item in islice(it, 1):
+            pending.append(executor.submit(fn, item))
+        yield result
 
 
 def _progress_iter(results: Iterator, pieces: Sequence[Piece], progress: bool | None, desc: str) -> Iterator:

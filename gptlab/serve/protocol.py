@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gptlab.serve.chat_format import encode_chat, stop_ids_of
+from gptlab.data.chat_format import encode_chat, stop_ids_of
 from gptlab.serve.engine import ContextLengthExceeded, SamplingParams, check_fits
 
 
@@ -109,7 +109,7 @@ def _neutral(body: dict, name: str, neutral_ok) -> None:  # noqa: ANN001
 def parse_request(body: Any, chat: bool, tokenizer, chat_format, context_length: int) -> ParsedRequest:  # noqa: ANN001
     """Validate a ``/v1/completions`` (``chat=False``) or ``/v1/chat/completions`` body.
 
-    ``tokenizer`` encodes prompts; ``chat_format`` (see :mod:`gptlab.serve.chat_format`) turns messages
+    ``tokenizer`` encodes prompts; ``chat_format`` (see :mod:`gptlab.data.chat_format`) turns messages
     into a prompt and contributes its stop strings. Raises :class:`ApiError` on anything invalid,
     including a prompt plus ``max_tokens`` longer than ``context_length``.
     """
@@ -229,7 +229,7 @@ def _chat_prompt(messages: Any, chat_format, tokenizer) -> list[int]:  # noqa: A
     """Validate ``messages``, format and encode them (:func:`encode_chat`); content may be a string or text parts.
 
     A message holding a special token's text under a chat template is refused with a 400 (see
-    :class:`~gptlab.serve.chat_format.TemplateChat`).
+    :class:`~gptlab.data.chat_format.TemplateChat`).
     """
     if not isinstance(messages, list) or not messages:
         raise _type_error("messages", "a non-empty list of {role, content} objects", messages)

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gptlab.serve import protocol
-from gptlab.serve.chat_format import ChatFormat, PlainChat
+from gptlab.data.chat_format import ChatFormat, PlainChat
 from gptlab.serve.engine import Engine, Event
 from gptlab.serve.protocol import ApiError
 

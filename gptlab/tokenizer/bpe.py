@@ -22,9 +22,18 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text
 from gptlab.tokenizer.base import ENDOFTEXT, Tokenizer
 from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN
+from gptlab.tokenizer.byte_alphabet import bytes_to_unicode
 from gptlab.tokenizer.files import FORMAT, read_tokenizer_file
+from gptlab.tokenizer.hf_writer import to_tokenizer_json
 from gptlab.tokenizer.added import AddedToken, AddedVocabulary
-from gptlab.tokenizer.merge import PAIR_SHIFT, merge_pair_piece, merge_piece
+from gptlab.tokenizer.merge import (
+    LONG_PIECE,
+    PAIR_SHIFT,
+    byte_pair_table,
+    merge_pair_piece,
+    merge_pairs_bytes,
+    merge_piece,
+)
 from gptlab.tokenizer.pretokenize import Pretokenizer
 from gptlab.tokenizer.train import train_bpe
 
@@ -54,17 +63,21 @@ class _PieceCache(dict):
 class _PairPieceCache(dict):
     """The same cache for merge-list BPE (Hugging Face's rule, see :mod:`gptlab.tokenizer.merge`)."""
 
-    __slots__ = ("vocab", "pairs", "byte_ids", "whole")
+    __slots__ = ("vocab", "pairs", "byte_ids", "whole", "byte_pairs")
 
     def __init__(self, vocab: dict[bytes, int], pairs: dict[int, int], byte_ids: list[int | None], whole: bool):
         super().__init__()
         self.vocab, self.pairs, self.byte_ids, self.whole = vocab, pairs, byte_ids, whole
+        # With every byte in the vocabulary, short pieces start from a table of byte pairs.
+        self.byte_pairs = byte_pair_table(byte_ids, pairs) if None not in byte_ids else None
 
     def __missing__(self, piece: str) -> tuple[int, ...]:
         data = piece.encode("utf-8")
         idx = self.vocab.get(data) if self.whole else None  # `ignore_merges`: a whole-word token wins
         if idx is not None:
             ids: tuple[int, ...] = (idx,)
+        elif self.byte_pairs is not None and len(data) <= LONG_PIECE:
+            ids = tuple(merge_pairs_bytes(data, self.byte_ids, self.byte_pairs, self.pairs))
         else:
             byte_ids = self.byte_ids
             start = [byte_ids[b] for b in data]
@@ -93,26 +106,6 @@ def ranks_follow_merges(vocab: dict[bytes, int], merges: list[tuple[bytes, bytes
         last = idx
         seen += 1
     return seen == sum(1 for tok in vocab if len(tok) > 1)
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters.
-
-    ``encoder.json`` and ``vocab.bpe`` store tokens as text in which each byte is written as one
-    character: printable Latin-1 bytes as themselves, the others as characters from U+0100 upward.
-    """
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
 
 
 class BPETokenizer(Tokenizer):
@@ -268,6 +261,12 @@ class BPETokenizer(Tokenizer):
         return cls(ranks, special, pattern, name=name)
 
     # ----------------------------------------------------------------------------- encode / decode
+    def clear_cache(self) -> None:
+        """Forget every remembered pre-token (a benchmark's cold start)."""
+        self._cache.clear()
+        for memo in getattr(self._pretokenizer, "_memo", ()):
+            memo.clear()
+
     @property
     def has_added_matcher(self) -> bool:
         """Whether added tokens are matched with Hugging Face's rules (some are always matched, or carry flags)."""
@@ -349,8 +348,6 @@ class BPETokenizer(Tokenizer):
         to ``tiktoken.Encoding`` yourself (they are not in that format).
         """
         if format == "hf":
-            from gptlab.tokenizer.hf_json import to_tokenizer_json  # hf_json builds on this module
-
             atomic_write_text(path, json.dumps(to_tokenizer_json(self), ensure_ascii=False))
             return
         if self.pattern is None or self.merges is not None or self.normalizer is not None or self._added is not None:
@@ -388,9 +385,8 @@ class BPETokenizer(Tokenizer):
         if isinstance(content, bytes):
             return cls._from_tiktoken_ranks(content, path)
         if "model" in content:
-            from gptlab.tokenizer.registry import load_tokenizer
-
-            return load_tokenizer(path)
+            raise GptlabError(f"{path}: a Hugging Face tokenizer.json; read it with gptlab.tokenizer.load_tokenizer "
+                              "(which also reads the tokenizer_config.json beside it)")
         if content.get("type") != "bpe":
             raise GptlabError(f"{path}: holds a {content.get('type')} tokenizer, not a BPE tokenizer")
         return cls._from_payload(content, str(path))

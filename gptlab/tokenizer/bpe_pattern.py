@@ -14,6 +14,18 @@ from gptlab.tokenizer.unicode16 import DIFFERENCES
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
+# The original tokenizer.json regexes. llama.cpp rewrites "(?i:'s|...)" as explicit classes because its
+# own engine lacks inline flags; Hugging Face's (Oniguruma) has them, so the originals stay.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2's differs from Llama 3's only in taking numbers one digit at a time (\p{N}, not \p{N}{1,3}).
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5 keeps combining marks (\p{M}) inside words instead of splitting them off as punctuation.
+QWEN35_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                  r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def tiktoken_compatible(pattern: str) -> str:
     r"""``pattern`` rewritten for the ``regex`` module so Unicode properties mean what tiktoken's mean.
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from gptlab.errors import GptlabError
+from gptlab.tokenizer.bpe_pattern import LLAMA3_PATTERN, QWEN2_PATTERN, QWEN35_PATTERN
 
 # GGUF token types (gguf.TokenType); spelled out so that the table below reads without the package.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -44,16 +45,6 @@ def _split(regex: str) -> dict:
     return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
 
 
-# The original tokenizer.json regexes. llama.cpp rewrites "(?i:'s|...)" as explicit classes because its
-# own engine lacks inline flags; Hugging Face's (Oniguruma) has them, so the originals stay.
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen2's differs from Llama 3's only in taking numbers one digit at a time (\p{N}, not \p{N}{1,3}).
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen3.5 keeps combining marks (\p{M}) inside words instead of splitting them off as punctuation.
-QWEN35_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-                  r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # DeepSeek-LLM's letter class. Characters that Unicode normalization would rewrite (Greek Extended
 # range ends, the Ohm and Kelvin signs, astral ranges) are escaped so that no editor can silently
 # NFC-normalize them into a different (even descending, hence invalid) range.

@@ -139,6 +139,38 @@ def merge_pairs_short(ids: list[int], pairs: dict[int, int]) -> list[int]:
     return ids
 
 
+def byte_pair_table(byte_ids: list[int], pairs: dict[int, int]) -> list[int]:
+    """``table[a << 8 | b]``: the pair value of bytes ``a`` and ``b`` (every piece's first round of pairs)."""
+    table = [_NOT_A_TOKEN] * 65536
+    for a in range(256):
+        for b in range(256):
+            table[a << 8 | b] = pairs.get(byte_ids[a] << PAIR_SHIFT | byte_ids[b], _NOT_A_TOKEN)
+    return table
+
+
+def merge_pairs_bytes(data: bytes, byte_ids: list[int], byte_pairs: list[int], pairs: dict[int, int]) -> list[int]:
+    """:func:`merge_pairs_short` straight from a piece's bytes: the first round of pair values comes
+    from :func:`byte_pair_table` instead of the dictionary (the hot path of cold-cache encoding)."""
+    ids = [byte_ids[b] for b in data]
+    values = [byte_pairs[a << 8 | b] for a, b in zip(data, data[1:])]
+    get = pairs.get
+    shift = PAIR_SHIFT
+    while values:
+        best = min(values)
+        if best == _NOT_A_TOKEN:
+            break
+        i = values.index(best)
+        merged = best & _ID_MASK
+        ids[i] = merged
+        del ids[i + 1]
+        del values[i]
+        if i < len(values):
+            values[i] = get(merged << shift | ids[i + 1], _NOT_A_TOKEN)
+        if i:
+            values[i - 1] = get(ids[i - 1] << shift | merged, _NOT_A_TOKEN)
+    return ids
+
+
 def merge_pairs_long(ids: list[int], pairs: dict[int, int]) -> list[int]:
     """Merge-list BPE with a heap over a linked list: O(n log n). Same result as :func:`merge_pairs_short`.
 

@@ -24,7 +24,7 @@ import regex
 
 from gptlab.errors import GptlabError
 from gptlab.tokenizer.bpe_pattern import GPT2_PATTERN, tiktoken_compatible
-from gptlab.tokenizer.pretokenize import Pretokenizer
+from gptlab.tokenizer.pretokenize import ASCII_FORMS, Pretokenizer
 from gptlab.tokenizer.unicode16 import RUST_NUMERIC
 
 # GPT-2's pattern as `tokenizers`' ByteLevel pre-tokenizer writes it (it splits exactly like ours).
@@ -57,6 +57,9 @@ class Split:
             self.regex = regex.compile(source)
         except regex.error as exc:
             raise GptlabError(f"Split pre-tokenizer pattern {pattern!r} does not compile: {exc}") from None
+        # The models' own patterns cover every character and have an ASCII fast path (pretokenize.py).
+        known = not literal and unicode16 and behavior == "isolated" and not invert and pattern in ASCII_FORMS
+        self._known = Pretokenizer(pattern).split if known else None
 
     def _marked(self, text: str) -> list[tuple[str, bool]]:
         """``text`` as (segment, is_match) pairs covering it, in order."""
@@ -76,6 +79,8 @@ class Split:
 
     def __call__(self, piece: str) -> list[str]:
         """The pieces ``piece`` splits into."""
+        if self._known is not None:
+            return self._known(piece)
         if self.behavior == "isolated" and not self.invert:
             found = self.regex.findall(piece)
             if sum(map(len, found)) == len(piece):  # the usual case: the pattern covers every character

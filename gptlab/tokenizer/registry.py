@@ -17,12 +17,8 @@ from gptlab.tokenizer.bpe import BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
 from gptlab.tokenizer.files import read_tokenizer_file
 from gptlab.tokenizer.gguf_vocab import read_gguf_vocab
-from gptlab.tokenizer.hf_json import (
-    from_tokenizer_json,
-    is_tokenizer_json,
-    read_tokenizer_config,
-    save_pretrained_tokenizer,
-)
+from gptlab.tokenizer.hf_json import from_tokenizer_json, is_tokenizer_json, read_tokenizer_config
+from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
 from gptlab.tokenizer.simple import SimpleTokenizer
 
 _GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M"

@@ -28,13 +28,31 @@ def test_bench_result_is_consistent(shared_data):
     assert enc["pass"] == (enc["ratio"] >= 0.5) and tr["pass"] == (tr["ratio"] <= 3.0)
     assert result["pass"] == (enc["pass"] and tr["pass"])
     table = format_table(result)
-    assert table.count("PASS") + table.count("FAIL") == 2 and "ids identical to tiktoken: yes" in table
+    assert table.count("PASS") + table.count("FAIL") == 2 + len(result["models"]) and "ids identical to tiktoken: yes" in table
+
+
+def test_bench_real_model_tokenizers(shared_data):
+    result = run_tokenizer_bench("the-verdict", "the-verdict", repeats=1, train=False, models=("llama3", "qwen2"))
+    assert [m["model"] for m in result["models"]] == ["llama3", "qwen2"]
+    for m in result["models"]:
+        assert m["identical_ids"] is True and m["tokens"] in (4941, 4943)  # the ids the test vectors pin down
+        assert m["ratio"] == pytest.approx(m["ours_mb_per_s"] / m["tiktoken_mb_per_s"], rel=1e-2)
+        assert m["pass"] == (m["ratio"] >= 0.5)
+    table = format_table(result)
+    assert "(llama3, cold cache)" in table and "qwen2: ids identical to Hugging Face tokenizers: yes" in table
 
 
 def test_bench_cli_json_skip_train(capsys):
-    assert main(["bench", "tokenizer", "--corpus", "the-verdict", "--skip-train", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "tokenizer", "--corpus", "the-verdict", "--skip-train", "--repeats", "1", "--json",
+                 "--models"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["train"] is None and result["encode"]["identical_ids"] is True
+    assert result["train"] is None and result["encode"]["identical_ids"] is True and result["models"] == []
+
+
+def test_bench_unknown_model_is_one_clear_error(capsys):
+    assert main(["bench", "tokenizer", "--corpus", "the-verdict", "--skip-train", "--models", "gemma"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gemma" in err and "llama3" in err
 
 
 def test_bench_without_reference_library_is_one_clear_error(capsys, monkeypatch):

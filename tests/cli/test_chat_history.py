@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gptlab.cli.serve_cmds import _fit_history
-from gptlab.serve.chat_format import PlainChat
+from gptlab.data.chat_format import PlainChat
 
 
 class _CharTokens:

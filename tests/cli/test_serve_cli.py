@@ -83,7 +83,7 @@ def test_serve_process(model_dir):
 
 def test_chat_process(model_dir):
     """Streams answers, clears the history on /reset, drops old turns to fit the context, quits on /exit."""
-    from gptlab.serve.chat_format import PlainChat
+    from gptlab.data.chat_format import PlainChat
     from gptlab.tokenizer import get_tokenizer
 
     stdin = "hello\n/reset\nhello\n" + "word " * 70 + "\n" + "more\nand more\nagain\n/exit\nnever read\n"

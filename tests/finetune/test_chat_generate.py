@@ -11,7 +11,7 @@ import pytest
 from gptlab.data.prompts import ALPACA, PromptStyle, save_style
 from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.generate import entry_messages, generate_responses, prompt_format_for, reference_answer
-from gptlab.serve.chat_format import TemplateChat
+from gptlab.data.chat_format import TemplateChat
 from gptlab.tokenizer.chat_template import render_chat
 
 IM_START, IM_END = 50257, 50258
@@ -69,7 +69,7 @@ def chat_model(tmp_path_factory, tiny_llama_folder):
     """(folder, model, tokenizer): a tiny Llama-design model whose tokenizer has Qwen 2.5's template."""
     from gptlab.model.load import load_model
     from gptlab.tokenizer import BPETokenizer, gpt2_tokenizer
-    from gptlab.tokenizer.hf_json import save_pretrained_tokenizer
+    from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
 
     if not QWEN.is_file():
         pytest.skip(f"{QWEN} is not there (set GPTLAB_DATA_DIR)")

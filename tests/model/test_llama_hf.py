@@ -203,10 +203,10 @@ def test_config_round_trip_and_unexportable_mixtures():
         config_to_hf(GPTConfig(norm="rmsnorm"), torch.float32)
 
 
-def test_llama_folder_with_a_foreign_tokenizer_is_refused_not_paired_with_gpt2s(tmp_path):
+def test_llama_folder_with_a_broken_tokenizer_is_refused_not_paired_with_gpt2s(tmp_path):
     from gptlab.model import load_model
 
     folder, _ = _write(tmp_path, "qwen3-gqa2-untied")
     (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
-    with pytest.raises(GptlabError, match="brings a Hugging Face tokenizer.json, which gptlab cannot read yet"):
+    with pytest.raises(GptlabError, match="tokenizer.json: the BPE model has an empty vocabulary"):
         load_model(folder)

@@ -6,7 +6,7 @@ import pytest
 
 from gptlab.data.prompts import ALPACA, PromptStyle, save_style
 from gptlab.errors import GptlabError
-from gptlab.serve.chat_format import PlainChat, chat_format_for
+from gptlab.data.chat_format import PlainChat, chat_format_for
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"}]

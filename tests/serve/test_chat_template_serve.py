@@ -13,7 +13,7 @@ import torch
 
 from gptlab.data.prompts import PHI3, PromptStyle, save_style
 from gptlab.errors import GptlabError
-from gptlab.serve.chat_format import (
+from gptlab.data.chat_format import (
     PlainChat,
     SpecialTokenInMessage,
     TemplateChat,
@@ -47,7 +47,7 @@ def chatml_tokenizer(eos: str | None = "<|im_end|>"):
 @pytest.fixture(scope="module")
 def chat_folder(tmp_path_factory, tiny_llama_folder):
     """A tiny random Llama-design model whose folder's tokenizer has a chat template and ChatML specials."""
-    from gptlab.tokenizer.hf_json import save_pretrained_tokenizer
+    from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
 
     folder = tmp_path_factory.mktemp("chat-model")
     tiny_llama_folder(folder, seed=3, vocab_size=50259, context_length=160)

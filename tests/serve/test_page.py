@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from gptlab.serve.chat_format import PlainChat
+from gptlab.data.chat_format import PlainChat
 from gptlab.serve.engine import wait_until
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gptlab.serve.chat_format import PlainChat
+from gptlab.data.chat_format import PlainChat
 from gptlab.serve.engine import wait_until
 
 openai = pytest.importorskip("openai")

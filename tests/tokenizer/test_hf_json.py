@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from gptlab.errors import GptlabError
 from gptlab.tokenizer import BPETokenizer, gpt2_tokenizer, load_tokenizer
-from gptlab.tokenizer.hf_json import from_tokenizer_json, recover_merges, to_tokenizer_json
+from gptlab.tokenizer.hf_json import from_tokenizer_json
+from gptlab.tokenizer.hf_writer import recover_merges, to_tokenizer_json
 from gptlab.tokenizer.pipeline import Split
 from gptlab.tokenizer.registry import GPT2_FILES
 
@@ -195,7 +196,7 @@ def _trained_pair(shared_data, tmp_path_factory):
 
 def test_transformers_fast_tokenizer_loads_our_folder(corpus, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from gptlab.tokenizer.hf_json import save_pretrained_tokenizer
+    from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
 
     tok = _trained(corpus)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"

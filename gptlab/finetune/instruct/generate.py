@@ -37,7 +37,7 @@ from gptlab.errors import GptlabError
 from gptlab.finetune.instruct.data import is_chat_entry
 from gptlab.io import atomic_write_text
 from gptlab.model.generate import SamplingConfig, stream_generate
-from gptlab.serve.chat_format import TemplateChat, encode_chat, stop_ids_of
+from gptlab.data.chat_format import TemplateChat, encode_chat, stop_ids_of
 
 RESPONSE_FIELD = "model_response"
 # How often (in new tokens) the decoded answers are checked for a stop marker; checking decodes text,
@@ -94,7 +94,7 @@ def encode_prompt(fmt: PromptStyle | TemplateChat, tokenizer, entry: dict[str, A
     A prompt style formats an instruction entry with its own template (special-token text encoded as
     plain text, as in training), a chat entry with its chat format. A chat template's prompt is
     encoded with special tokens allowed after its messages are checked for special-token text
-    (:class:`~gptlab.serve.chat_format.TemplateChat`), as ``gptlab serve`` does.
+    (:class:`~gptlab.data.chat_format.TemplateChat`), as ``gptlab serve`` does.
     """
     if isinstance(fmt, PromptStyle) and not is_chat_entry(entry):
         return tokenizer.encode_ordinary(fmt.format(entry["instruction"], entry.get("input") or ""))
