@@ -229,15 +229,6 @@ def _check_scores_out(out: Path, responses: Path) -> None:
                           "replace it; delete it yourself or choose another --out")
 
 
-def _refuse_chat_responses(responses: Path) -> None:
-    """One line instead of a traceback: scoring reads ``instruction``/``output``, which chat entries lack."""
-    from gptlab.finetune.instruct.data import is_chat_data, load_examples
-
-    if responses.is_file() and is_chat_data(load_examples(responses, require_output=False)):
-        raise GptlabError(f"--responses {responses}: holds chat entries ({{messages}}); instruct eval scores "
-                          "only {instruction, input, output} entries for now")
-
-
 def _eval(args: argparse.Namespace) -> int:
     import os
 
@@ -250,7 +241,6 @@ def _eval(args: argparse.Namespace) -> int:
             raise GptlabError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     if args.out:
         _check_scores_out(Path(args.out).expanduser(), Path(args.responses).expanduser())
-    _refuse_chat_responses(Path(args.responses).expanduser())
     summary = evaluate_responses(args.responses, args.out, args.judge_url, args.judge_model, args.judge_timeout,
                                  api_key, progress=not args.no_progress, log=_log_for(args))
     judge = summary.get("judge")

@@ -10,7 +10,8 @@ import pytest
 
 from gptlab.data.prompts import ALPACA, PromptStyle, save_style
 from gptlab.errors import GptlabError
-from gptlab.finetune.instruct.generate import entry_messages, generate_responses, prompt_format_for, reference_answer
+from gptlab.finetune.instruct.data import reference_answer
+from gptlab.finetune.instruct.generate import entry_messages, generate_responses, prompt_format_for
 from gptlab.data.chat_format import TemplateChat
 from gptlab.tokenizer.chat_template import render_chat
 
@@ -176,11 +177,16 @@ def test_a_different_chat_data_set_is_not_continued(tmp_path, monkeypatch, chat_
         generate_responses(folder, other, out, max_new_tokens=4, progress=False, log=lambda m: None)
 
 
-def test_eval_of_chat_answers_is_refused_in_one_line(tmp_path, capsys):
+def test_eval_scores_chat_answers_against_the_last_assistant_message(tmp_path, capsys):
     from gptlab.app import main
+    from gptlab.finetune.instruct.judge import judge_prompt
 
     answers = tmp_path / "r.json"
-    answers.write_text(json.dumps([{**CHATS[0], "model_response": "Blue."}]))
-    assert main(["instruct", "eval", "--responses", str(answers)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "holds chat entries" in err and "\n" not in err
+    answers.write_text(json.dumps([{**CHATS[0], "model_response": "Blue."}, {**CHATS[1], "model_response": "5"}]))
+    assert main(["instruct", "eval", "--responses", str(answers), "--json"]) == 0
+    scored = json.loads((tmp_path / "r-scored.json").read_text())
+    assert [e["scores"]["exact_match"] for e in scored["entries"]] == [1.0, 0.0]
+    prompt = judge_prompt(scored["entries"][1])
+    # the conversation before the last assistant message is the input; that message is the correct output
+    assert "`system: Be brief.\nuser: Hi\nassistant: Hello!\nuser: 2 + 2?`" in prompt
+    assert "correct output `4`" in prompt and "model response `5`" in prompt

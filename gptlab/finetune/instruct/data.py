@@ -84,6 +84,22 @@ def is_chat_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and "messages" in entry
 
 
+def reference_answer(entry: dict[str, Any]) -> str | None:
+    """The answer ``entry`` expects: ``output``, or a chat entry's last assistant message; None if none."""
+    if is_chat_entry(entry):
+        answers = [m["content"] for m in entry["messages"] if m.get("role") == "assistant"]
+        return answers[-1] if answers else None
+    return entry.get("output")
+
+
+def task_text(entry: dict[str, Any]) -> str:
+    """What a chat entry asks, for a judge: its conversation before the last assistant message, one
+    ``role: content`` line per message (all of it when there is no assistant message)."""
+    messages = entry["messages"]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
+
+
 def is_chat_data(entries: list[Any]) -> bool:
     """Whether checked ``entries`` are chat entries (a file holds one kind, so the first decides)."""
     return bool(entries) and is_chat_entry(entries[0])

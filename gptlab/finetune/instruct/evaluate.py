@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptlab.errors import GptlabError
-from gptlab.finetune.instruct.data import load_examples
+from gptlab.finetune.instruct.data import load_examples, reference_answer
 from gptlab.finetune.instruct.generate import RESPONSE_FIELD
 from gptlab.finetune.instruct.judge import (
     ChatJudge,
@@ -54,8 +54,9 @@ def _previous_judgements(out: Path, entries: list[dict[str, Any]], judge_model: 
         return {}
     kept = {}
     for i, (o, e) in enumerate(zip(old, entries)):
-        if (isinstance(o, dict) and "judge_reply" in o and o.get(RESPONSE_FIELD) == e[RESPONSE_FIELD]
-                and o.get("output") == e["output"] and o.get("instruction") == e["instruction"]):
+        same_task = all(o.get(k) == e.get(k) for k in ("output", "instruction", "input", "messages")) \
+            if isinstance(o, dict) else False
+        if same_task and "judge_reply" in o and o.get(RESPONSE_FIELD) == e[RESPONSE_FIELD]:
             reply = o["judge_reply"]
             kept[i] = {"judge_reply": reply, "judge_score": parse_score(reply) if isinstance(reply, str) else None}
             if "judge_error" in o:
@@ -88,8 +89,11 @@ def evaluate_responses(
     path = Path(responses)
     entries = [dict(e) for e in load_responses(path)]
     out = Path(out) if out else path.with_name(path.stem + "-scored.json")
-    for e in entries:
-        e["scores"] = score_entry(e[RESPONSE_FIELD], e["output"])
+    for i, e in enumerate(entries):
+        reference = reference_answer(e)  # a chat entry's: its last assistant message
+        if reference is None:
+            raise GptlabError(f"{path}: entry {i} has no reference answer (no output, or no assistant message)")
+        e["scores"] = score_entry(e[RESPONSE_FIELD], reference)
     summary: dict[str, Any] = {"responses": str(path), "out": str(out), "n": len(entries)}
     for name in ("exact_match", "token_f1", "rouge_l"):
         summary[name] = _mean([e["scores"][name] for e in entries])

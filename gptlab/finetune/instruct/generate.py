@@ -80,14 +80,6 @@ def entry_messages(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-def reference_answer(entry: dict[str, Any]) -> str | None:
-    """The answer ``entry`` expects: ``output``, or a chat entry's last assistant message; None if none."""
-    if is_chat_entry(entry):
-        answers = [m["content"] for m in entry["messages"] if m.get("role") == "assistant"]
-        return answers[-1] if answers else None
-    return entry.get("output")
-
-
 def encode_prompt(fmt: PromptStyle | TemplateChat, tokenizer, entry: dict[str, Any]) -> list[int]:  # noqa: ANN001
     """The prompt ids for ``entry`` under ``fmt`` (see :func:`entry_messages`).
 

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.finetune.instruct.data import is_chat_entry, reference_answer, task_text
 
 _INTEGER = re.compile(r"\s*(\d{1,3})\s*")
 
@@ -48,10 +49,18 @@ def book_input_text(entry: dict[str, Any]) -> str:
 
 
 def judge_prompt(entry: dict[str, Any], response_field: str = "model_response") -> str:
-    """The book's scoring prompt for one entry with a reference ``output`` and a model answer."""
+    """The book's scoring prompt for one entry with a reference ``output`` and a model answer.
+
+    A chat entry (``messages``) gives its conversation before the last assistant message as the input
+    and that message as the correct output.
+    """
+    if is_chat_entry(entry):
+        given, correct = task_text(entry), reference_answer(entry)
+    else:
+        given, correct = book_input_text(entry), entry["output"]
     return (
-        f"Given the input `{book_input_text(entry)}` "
-        f"and correct output `{entry['output']}`, "
+        f"Given the input `{given}` "
+        f"and correct output `{correct}`, "
         f"score the model response `{entry[response_field]}`"
         f" on a scale from 0 to 100, where 100 is the best score. "
         f"Respond with the integer number only."
