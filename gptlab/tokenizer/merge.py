@@ -122,7 +122,13 @@ def merge_pairs_short(ids: list[int], pairs: dict[int, int]) -> list[int]:
     """Apply merge-list BPE to the token ids of one pre-token (rescan version, O(n^2)); mutates ``ids``."""
     get = pairs.get
     shift = PAIR_SHIFT
-    values = [get(ids[i] << shift | ids[i + 1], _NOT_A_TOKEN) for i in range(len(ids) - 1)]
+    return _merge_rescan(ids, [get(ids[i] << shift | ids[i + 1], _NOT_A_TOKEN) for i in range(len(ids) - 1)], pairs)
+
+
+def _merge_rescan(ids: list[int], values: list[int], pairs: dict[int, int]) -> list[int]:
+    """The rescan loop of merge-list BPE: ``values[i]`` is the pair value of ``ids[i]`` and ``ids[i + 1]``."""
+    get = pairs.get
+    shift = PAIR_SHIFT
     while values:
         best = min(values)
         if best == _NOT_A_TOKEN:
@@ -151,24 +157,7 @@ def byte_pair_table(byte_ids: list[int], pairs: dict[int, int]) -> list[int]:
 def merge_pairs_bytes(data: bytes, byte_ids: list[int], byte_pairs: list[int], pairs: dict[int, int]) -> list[int]:
     """:func:`merge_pairs_short` straight from a piece's bytes: the first round of pair values comes
     from :func:`byte_pair_table` instead of the dictionary (the hot path of cold-cache encoding)."""
-    ids = [byte_ids[b] for b in data]
-    values = [byte_pairs[a << 8 | b] for a, b in zip(data, data[1:])]
-    get = pairs.get
-    shift = PAIR_SHIFT
-    while values:
-        best = min(values)
-        if best == _NOT_A_TOKEN:
-            break
-        i = values.index(best)
-        merged = best & _ID_MASK
-        ids[i] = merged
-        del ids[i + 1]
-        del values[i]
-        if i < len(values):
-            values[i] = get(merged << shift | ids[i + 1], _NOT_A_TOKEN)
-        if i:
-            values[i - 1] = get(ids[i - 1] << shift | merged, _NOT_A_TOKEN)
-    return ids
+    return _merge_rescan([byte_ids[b] for b in data], [byte_pairs[a << 8 | b] for a, b in zip(data, data[1:])], pairs)
 
 
 def merge_pairs_long(ids: list[int], pairs: dict[int, int]) -> list[int]:
