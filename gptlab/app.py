@@ -20,6 +20,7 @@ from gptlab.cli import (
     data_cmds,
     instruct_cmds,
     model_cmds,
+    quantize_cmds,
     serve_cmds,
     tokenizer_cmds,
     train_cmds,
@@ -27,8 +28,8 @@ from gptlab.cli import (
 from gptlab.errors import GptlabError
 
 # In the order of the pipeline (their --help order).
-_VERB_MODULES = [tokenizer_cmds, data_cmds, model_cmds, train_cmds, classify_cmds, instruct_cmds, serve_cmds,
-                 bench_commands]
+_VERB_MODULES = [tokenizer_cmds, data_cmds, model_cmds, train_cmds, classify_cmds, instruct_cmds, quantize_cmds,
+                 serve_cmds, bench_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

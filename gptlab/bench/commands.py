@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from gptlab.bench import classify, instruct, model, prepare, pretrain, serve, tokenizer
+from gptlab.bench import classify, instruct, model, prepare, pretrain, quant, serve, tokenizer
 
 # Each target module adds `gptlab bench TARGET` (in this --help order).
-_TARGETS = [tokenizer, prepare, model, pretrain, classify, instruct, serve]
+_TARGETS = [tokenizer, prepare, model, quant, pretrain, classify, instruct, serve]
 
 
 # ``code`` and :role:`target` (also :role:`~pkg.mod.name` and :role:`title <target>`), as docstrings write them.

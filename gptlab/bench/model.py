@@ -105,15 +105,13 @@ def _gen_rate(fn: Callable[[], Any], tokens: int) -> Callable[[], float]:
     return run
 
 
-def bench_generation(
-    directory: str, batch: int, new_tokens: int, repeats: int, modes: list[str], label: str = ""
-) -> Result:
-    """Greedy tokens/s of gptlab (each of ``modes``) and of transformers fp32 and bf16 generate."""
+def hf_generation_contenders(directory: str, prompt, new_tokens: int) -> dict[str, Callable[[], float]]:  # noqa: ANN001
+    """``transformers fp32`` and ``transformers bf16``: greedy ``generate`` of ``new_tokens`` after
+    ``prompt`` ``[B, T]``, each warmed up once, as tokens/s callables for :func:`interleaved`."""
     import torch
 
-    torch.manual_seed(1)
-    prompt = torch.randint(0, _vocab_size(directory), (batch, PROMPT_LEN))
     mask = torch.ones_like(prompt)
+    batch = prompt.size(0)
     contenders: dict[str, Callable[[], float]] = {}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         hf = _hf_model(directory, dtype)
@@ -125,6 +123,18 @@ def bench_generation(
         with torch.inference_mode():  # warm-up: a short generation touches every kernel once
             hf.generate(prompt, attention_mask=mask, max_new_tokens=2, do_sample=False)
         contenders[f"transformers {dtype_name}"] = _gen_rate(hf_generate, batch * new_tokens)
+    return contenders
+
+
+def bench_generation(
+    directory: str, batch: int, new_tokens: int, repeats: int, modes: list[str], label: str = ""
+) -> Result:
+    """Greedy tokens/s of gptlab (each of ``modes``) and of transformers fp32 and bf16 generate."""
+    import torch
+
+    torch.manual_seed(1)
+    prompt = torch.randint(0, _vocab_size(directory), (batch, PROMPT_LEN))
+    contenders = hf_generation_contenders(directory, prompt, new_tokens)
     for mode in modes:
         ours, options = _our_generation_model(directory, mode)
         start = time.perf_counter()

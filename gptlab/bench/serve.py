@@ -89,8 +89,10 @@ def _rate(host: str, port: int, clients: int, prompt: list[int], max_tokens: int
 
 def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 8, requests: int = 2,
                   max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 5, stream: bool = False,
-                  seed: int = 0) -> tuple[Result, dict[str, Any]]:
-    """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result."""
+                  seed: int = 0, quantize: str | None = None) -> tuple[Result, dict[str, Any]]:
+    """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result.
+
+    ``quantize`` (``int8``/``int4``) serves the model with weight-only quantized linear layers."""
     import torch
 
     from gptlab.model import GPT, PRESETS
@@ -110,6 +112,11 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
         raise GptlabError(f"--prompt-tokens + --max-tokens must fit the {cfg.context_length}-token context")
     torch.manual_seed(seed)
     model = GPT(cfg).to(parse_dtype(dtype)).eval()
+    if quantize:
+        from gptlab.model.quantize import quantize_model
+
+        quantize_model(model, quantize)
+        dtype = quantize
     prompt = torch.randint(0, cfg.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
     engine = Engine(model, get_tokenizer("gpt2"), max_batch=clients)
     server = create_server(engine, "127.0.0.1", 0, model_name=preset).start()
@@ -154,7 +161,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     result, setup = run_benchmark(args.preset, args.dtype, args.clients, args.requests, args.max_tokens,
-                                  args.prompt_tokens, args.repeats, args.stream)
+                                  args.prompt_tokens, args.repeats, args.stream, quantize=args.quantize)
     if args.json:
         print(json.dumps({"target": "serve", "setup": setup, "results": [result.to_dict()]}, indent=2))
     else:
@@ -179,6 +186,8 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="serve with weight-only int8/int4 linear layers (tokens/s of a quantized server)")
     p.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

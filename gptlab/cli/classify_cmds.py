@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from gptlab.cli.quantize_cmds import add_quantize_flags
 from gptlab.errors import GptlabError
 
 
@@ -79,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="on the data the classifier was trained with (or sms-spam): which part of the same split "
                    "(default test); any other file is used whole")
     e.add_argument("--base", default=None, help="base model for a LoRA classifier (default: the one it was trained on)")
+    add_quantize_flags(e)
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=_eval)
 
@@ -95,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="text column of a CSV/TSV/JSONL --input (default: the classifier's training column, else text)")
     p.add_argument("--base", default=None, help="base model for a LoRA classifier (default: the one it was trained on)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    add_quantize_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text (JSON lines)")
     p.set_defaults(func=_predict)
 
@@ -183,13 +186,13 @@ def _eval(args: argparse.Namespace) -> int:
     from gptlab.finetune.classify.data import eval_data
     from gptlab.finetune.classify.metrics import format_confusion, format_metrics
     from gptlab.finetune.classify.predict import labeled_texts_metrics
-    from gptlab.finetune.classify.store import classifier_meta, load_classifier
+    from gptlab.finetune.classify.store import classifier_meta
 
     # The data first (from classifier.json alone): a wrong flag should not wait for a model to load.
     recorded = classifier_meta(args.model).get("data")
     data, split, spec = eval_data(recorded, args.data, args.text_column, args.label_column, args.split,
                                   where=str(Path(args.model) / "classifier.json"))
-    model, tokenizer, labels, meta = load_classifier(args.model, args.base)
+    model, tokenizer, labels, meta = _load_classifier(args)
     m = labeled_texts_metrics(model, tokenizer, labels, meta, data)
     if args.json:
         print(json.dumps({"model": str(args.model), "data": spec, "split": split, **m}, indent=2))
@@ -199,10 +202,21 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_classifier(args: argparse.Namespace):  # noqa: ANN202
+    """The classifier of ``--model`` (with ``--base``), quantized when ``--quantize`` says so."""
+    from gptlab.finetune.classify.store import load_classifier
+    from gptlab.model.quantize import quantize_model
+
+    model, tokenizer, labels, meta = load_classifier(args.model, args.base)
+    if args.quantize:
+        quantize_model(model, args.quantize, args.group_size)
+    return model, tokenizer, labels, meta
+
+
 def _predict(args: argparse.Namespace) -> int:
     from gptlab.finetune.classify.data import read_texts
     from gptlab.finetune.classify.predict import classify_texts
-    from gptlab.finetune.classify.store import classifier_meta, load_classifier
+    from gptlab.finetune.classify.store import classifier_meta
 
     if args.batch_size < 1:
         raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -215,7 +229,7 @@ def _predict(args: argparse.Namespace) -> int:
     for i, t in enumerate(texts):
         if not t.strip():
             raise GptlabError(f"text {i + 1} is empty")
-    model, tokenizer, labels, meta = load_classifier(args.model, args.base)
+    model, tokenizer, labels, meta = _load_classifier(args)
     for r in classify_texts(model, tokenizer, labels, meta, texts, args.batch_size):
         if args.json:
             print(json.dumps(r, ensure_ascii=False))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from gptlab.cli.quantize_cmds import add_quantize_flags, quantize_options
 from gptlab.errors import GptlabError
 
 # Trainer flags that make sense for fine-tuning: flag -> TrainConfig field, help.
@@ -111,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampling seed (default 123); each prompt has its own generator seeded with it, so an "
                         "answer does not depend on its batch")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_quantize_flags(g)
     g.add_argument("--overwrite", action="store_true",
                    help="start over instead of continuing an existing --out (only an answers file is replaced)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -198,7 +200,7 @@ def _generate(args: argparse.Namespace) -> int:
         args.model, entries, out, style=args.style, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
         overwrite=args.overwrite, progress=not args.no_progress, device=args.device, log=_log_for(args),
-        data_path=data_path,
+        data_path=data_path, **quantize_options(args),
     )
     if args.json:
         print(json.dumps(summary, indent=2))

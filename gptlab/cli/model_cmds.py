@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from gptlab.cli.quantize_cmds import add_quantize_flags, quantize_options
 from gptlab.errors import GptlabError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
     g.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile (about 2x faster on CPU after a one-off compilation)")
+    add_quantize_flags(g)
     g.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow; for comparison)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")
     g.add_argument("--json", action="store_true", help="machine-readable output")
@@ -226,7 +228,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.stream and len(args.prompt) > 1:
         raise GptlabError("--stream prints one sequence; give a single --prompt")
     dtype = parse_dtype(args.dtype)
-    model, tok = load_model(args.model, dtype=dtype)
+    model, tok = load_model(args.model, dtype=dtype, **quantize_options(args))
     prompts = [tok.encode(p, allowed_special="all") for p in args.prompt]
     if any(not p for p in prompts):
         raise GptlabError("--prompt: an empty prompt has no token to continue from")

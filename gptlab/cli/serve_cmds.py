@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from gptlab.cli.quantize_cmds import add_quantize_flags, quantize_options
 from gptlab.errors import GptlabError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -19,6 +20,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "(random weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
+    add_quantize_flags(p)
     p.add_argument("--style", default=None,
                    help="prompt style for chats: alpaca, phi3, plain, or a template (default: the model folder's "
                         "prompt_style.json, else the tokenizer's chat template, else plain 'User:/Assistant:')")
@@ -48,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     s.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
     s.add_argument("--log-requests", action="store_true", help="log every request to stderr")
+    s.add_argument("--compile", action="store_true",
+                   help="compile the decode step with torch.compile before serving (faster steps; the first start "
+                        "takes a minute or two, later ones reuse the cached code)")
     s.set_defaults(func=cmd_serve)
 
     c = subparsers.add_parser(
@@ -65,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_chat)
 
 
-def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
-    """Model, tokenizer, chat format and a started engine."""
+def _load(args: argparse.Namespace, max_batch: int, compile: bool = False):  # noqa: ANN202
+    """Model, tokenizer, chat format and a started engine (its decode step compiled first with ``compile``)."""
     from gptlab.model.dtypes import parse_dtype
     from gptlab.model.load import load_model
     from gptlab.data.chat_format import chat_format_for
@@ -77,11 +82,13 @@ def _load(args: argparse.Namespace, max_batch: int):  # noqa: ANN202
     if args.max_context is not None and args.max_context < 2:
         raise GptlabError(f"--max-context must be at least 2 tokens, got {args.max_context}")
     dtype = parse_dtype(args.dtype)
-    model, tok = load_model(args.model, dtype=dtype)
+    model, tok = load_model(args.model, dtype=dtype, **quantize_options(args))
     fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style, tokenizer=tok)
     # The engine caps the context (and so the cache it allocates per sequence) even without the flag:
     # published Llama/Qwen configs have windows of 32k-128k tokens.
-    engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context)
+    engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context, compile=compile)
+    if compile:
+        print("gptlab serve: compiling the decode step", file=sys.stderr, flush=True)
     return model, tok, fmt, engine.start()
 
 
@@ -97,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     from gptlab.serve.server import create_server
 
-    model, tok, fmt, engine = _load(args, args.max_batch)
+    model, tok, fmt, engine = _load(args, args.max_batch, compile=args.compile)
     name = args.name or (Path(args.model).name if Path(args.model).is_dir() else str(args.model))
     try:
         server = create_server(engine, args.host, args.port, api_key=args.api_key, model_name=name,

@@ -1,4 +1,4 @@
-"""``gptlab pretrain`` (the main job) and ``gptlab export`` (a run's model to the Hugging Face format)."""
+"""``gptlab pretrain`` (the main job) and ``gptlab export`` (a run's model as a Hugging Face folder or a GGUF file)."""
 
 from __future__ import annotations
 
@@ -80,14 +80,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the final result as JSON")
     p.set_defaults(func=_pretrain)
 
-    e = sub.add_parser("export", help="write a run's model in the Hugging Face format (GPT-2 or Llama)",
+    e = sub.add_parser("export", help="write a run's model in the Hugging Face format (GPT-2 or Llama) or as GGUF",
                        description="Write a pretraining run's model as config.json + model.safetensors, "
                        "loadable by transformers (GPT2LMHeadModel for GPT-2 presets, LlamaForCausalLM for "
-                       "llama-* presets) and by gptlab generate --model DIR.")
+                       "llama-* presets) and by gptlab generate --model DIR; or, with --format gguf, as one "
+                       ".gguf file with its tokenizer, for llama.cpp and Ollama (and gptlab generate --model FILE.gguf).")
     e.add_argument("run_dir", help="a folder written by gptlab pretrain")
     e.add_argument("--out", required=True,
-                   help="output folder to create, e.g. RUN/hf (not the run folder itself); a non-empty one needs --overwrite")
+                   help="output folder to create, e.g. RUN/hf (not the run folder itself); a non-empty one needs "
+                   "--overwrite. With --format gguf: a file ending in .gguf")
     e.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    e.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a Hugging Face folder (default); gguf: one file for llama.cpp / Ollama (BPE tokenizers)")
+    e.add_argument("--outtype", choices=("f32", "bf16", "q8_0"), default=None,
+                   help="weight type of a GGUF file (default f32; q8_0 is 8-bit, about a quarter of f32's size)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     e.set_defaults(func=_export)
 
@@ -175,7 +181,36 @@ def _pretrain(args: argparse.Namespace) -> int:
     return code
 
 
+def _export_gguf(args: argparse.Namespace) -> int:
+    """``export --format gguf``: one file, checked before the (slow) model load, written atomically."""
+    from pathlib import Path
+
+    from gptlab.model.gguf_export import write_gguf
+    from gptlab.model.run_folder import checkpoint_dir, load_run
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".gguf":
+        raise GptlabError(f"--out {args.out!r}: a GGUF export is one file; give a path ending in .gguf")
+    if out.is_dir():
+        raise GptlabError(f"--out {args.out!r} is a folder; a GGUF export is one file ending in .gguf")
+    if out.exists():
+        if not args.overwrite:
+            raise GptlabError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+        with open(out, "rb") as handle:
+            if handle.read(4) != b"GGUF":  # --overwrite replaces an earlier export, nothing else
+                raise GptlabError(f"--out {args.out!r} is not a GGUF file; --overwrite replaces only an earlier export")
+    model, tokenizer = load_run(args.run_dir, args.checkpoint)
+    outtype = args.outtype or "f32"
+    arch = write_gguf(model, tokenizer, out, outtype=outtype, name=Path(args.run_dir).resolve().name)
+    print(f"wrote {out} ({arch}, {outtype}) from {checkpoint_dir(args.run_dir, args.checkpoint)}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.outtype is not None:
+        raise GptlabError("--outtype sets the weight type of a GGUF file; it needs --format gguf")
     from gptlab.io import atomic_write_text
     from gptlab.model.load import EXPORTED_TOKENIZER
     from gptlab.model.run_folder import checkpoint_dir, load_run

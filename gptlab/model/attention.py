@@ -142,8 +142,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out_dtype = q.dtype
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
+            q = q.to(k.dtype)  # a bf16 model may keep a float32 cache (see kv_cache.cache_dtype)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.impl == "explicit" or T == 1:
             # One new query (a decode step): SDPA's CPU kernels are tuned for long queries and are
@@ -156,5 +158,5 @@ class CausalSelfAttention(nn.Module):
                 group = self.n_heads // self.n_kv_heads
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, self.q_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.q_dim).to(out_dtype)
         return self.out_proj(y)

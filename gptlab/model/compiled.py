@@ -1,19 +1,32 @@
-"""A compiled decode step: ``torch.compile`` (inductor) with frozen weights, for fast CPU generation.
+"""A compiled decode step: ``torch.compile`` (inductor) for fast CPU generation, cached across processes.
 
 Generating one token reads every weight once, so a decode step is bound by memory bandwidth and,
-in eager mode, by per-operator overhead. Inductor with ``freezing`` treats the weights as constants:
-it pre-packs them into oneDNN's blocked layout (faster matrix-vector products, with the bias, GELU
-and residual add fused in) and fuses the small element-wise operators between the matmuls.
+in eager mode, by per-operator overhead, which inductor removes by fusing the small element-wise
+operators between the matmuls.
 
-Two details matter:
+What makes a second start fast is PyTorch's own persistent caches (inductor's FX graph cache, which
+keeps the generated and compiled C++ code, and the AOT autograd cache). These choices keep them usable:
 
-* Frozen weights are a copy taken at compile time. Before each generation the parameters' identity,
-  storage and version counters are compared with the compiled ones; if they changed (training,
-  ``load_state_dict``, ``.to()``), the compiled step is thrown away and rebuilt. Only this module's
-  own function is reset (``torch._dynamo.reset_code``), not other compiled code in the process.
-* Inductor's pattern matcher would turn the two small attention matmuls back into
-  ``scaled_dot_product_attention``, whose CPU kernel is several times slower for a single query
-  (see :class:`gptlab.model.attention.CausalSelfAttention`); it is switched off for this graph.
+* No ``freezing``. Freezing bakes the weights into the graph as constants and pre-packs them into
+  oneDNN tensors, which cannot be pickled: every start bypassed both caches and recompiled for 36-90 s.
+  Here the weights are ordinary graph inputs, so the compiled code reads the current parameters on
+  every call: two models of one shape share the code but each gets its own logits, and training or
+  ``load_state_dict`` between calls needs no rebuild. The price: without pre-packed weights the batched
+  matrix products are slower (GPT-2 fp32, 8 rows: about half the tokens/s of the frozen graph; 1 row:
+  about 10% less).
+* ``specialize_float``: with dynamic shapes, dynamo would otherwise trace module floats (LayerNorm eps,
+  dropout p) as symbols and then restart the whole trace once they turn out to be constants.
+* No duck sizing, and callers pass a cache view that ends at this step's last position
+  (:meth:`gptlab.model.KVCache.step_view`): shape coincidences at trace time would otherwise become
+  guards, and the first step without them would compile again (a minute, mid-generation).
+* The cache folder is gptlab's (:func:`compile_cache_dir`, one subfolder per torch version) unless
+  ``TORCHINDUCTOR_CACHE_DIR`` says otherwise, so it survives a cleaned ``/tmp``. Inductor keys every
+  entry on the graph, the input shapes/dtypes, its own configuration and the torch build, so a model
+  of another shape or dtype compiles its own entry and never picks up a wrong one.
+
+Inductor's pattern matcher would turn the two small attention matmuls back into
+``scaled_dot_product_attention``, whose CPU kernel is several times slower for a single query
+(see :class:`gptlab.model.attention.CausalSelfAttention`); it is switched off for this graph only.
 
 If compilation fails (no C++ compiler, an unsupported platform), generation falls back to the eager
 model with a warning.
@@ -21,16 +34,55 @@ model with a warning.
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-_KEY_ATTR = "_gptlab_compiled_decode_key"  # in the model's __dict__: never part of its state_dict
+CACHE_DIR_ENV = "GPTLAB_CACHE_DIR"
+_INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_KEY_ATTR = "_gptlab_compiled_decode"  # in the model's __dict__: never part of its state_dict
 _FAILED = "failed"
-_INDUCTOR_OPTIONS = {"freezing": True, "pattern_matcher": False}
+_INDUCTOR_OPTIONS = {"pattern_matcher": False}
+_DYNAMO_OPTIONS = {"specialize_float": True}
+# No duck sizing: two sizes that happen to be equal when a graph is traced (the slot count and a
+# cache width, say) would otherwise be taken as one symbol, and the first step where they differ
+# would compile again.
+_SHAPE_OPTIONS = {"use_duck_shape": False}
 _compiled: Callable | None = None
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled code is kept between processes: ``$GPTLAB_CACHE_DIR/compile``, else ``~/.cache/gptlab/compile``.
+
+    Not ``$GPTLAB_DATA_DIR`` (the download cache), which may be a shared read-only folder.
+    """
+    root = os.environ.get(CACHE_DIR_ENV)
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "gptlab"
+    return base / "compile"
+
+
+def use_compile_cache() -> str | None:
+    """Point inductor's persistent caches at :func:`compile_cache_dir` (per torch version); returns the folder used.
+
+    An explicit ``TORCHINDUCTOR_CACHE_DIR`` wins (and so does a folder inductor already chose in this
+    process: it sets that variable itself). None when the folder cannot be created: inductor then
+    keeps its default under the temporary directory.
+    """
+    if os.environ.get(_INDUCTOR_CACHE_ENV):
+        return os.environ[_INDUCTOR_CACHE_ENV]
+    # The torch version in the name: old versions' entries can be deleted as a whole, and a shared
+    # home folder used by several environments keeps them apart.
+    folder = compile_cache_dir() / f"torch-{torch.__version__}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    os.environ[_INDUCTOR_CACHE_ENV] = str(folder)
+    return str(folder)
 
 
 def _decode_forward(model, idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
@@ -38,39 +90,35 @@ def _decode_forward(model, idx, attention_mask, kv_cache, position_ids):  # noqa
     return model(idx, attention_mask=attention_mask, kv_cache=kv_cache, position_ids=position_ids, last_only=True)
 
 
-def _weights_key(model: torch.nn.Module) -> tuple:
-    return tuple((id(p), p.data_ptr(), p.dtype, p._version) for p in model.parameters())
-
-
 def _forget_compiled() -> None:
+    # Dynamo guards on the model object: without this, every model ever used would keep a compiled
+    # entry (and count towards dynamo's recompile limit) after it is gone.
     torch._dynamo.reset_code(_decode_forward.__code__)
 
 
 def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
     """A compiled ``step(idx, attention_mask, kv_cache, position_ids) -> logits`` for ``model``.
 
+    ``kv_cache`` is anything with a :class:`gptlab.model.KVCache`'s ``length``/``update``/``advance``.
     None when compiling this model already failed once (the caller then stays eager).
     """
     global _compiled
-    key = _weights_key(model)
     seen = model.__dict__.get(_KEY_ATTR)
     if seen == _FAILED:
         return None
     if seen is None:
-        # When the model goes away, so do its frozen weights (and a later model reusing its id
-        # cannot hit them).
         weakref.finalize(model, _forget_compiled)
-    elif seen != key:
-        _forget_compiled()  # the weights changed since they were frozen
-    model.__dict__[_KEY_ATTR] = key
+        model.__dict__[_KEY_ATTR] = True
     if _compiled is None:
+        use_compile_cache()
         # dynamic=True: one graph serves every cache length (and every batch size above 1).
         _compiled = torch.compile(_decode_forward, dynamic=True)
 
     def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
-        # Freezing only while this graph compiles or runs, so that no other torch.compile in the
-        # process (a training loop's, say) freezes weights it is about to update.
-        with torch._inductor.config.patch(_INDUCTOR_OPTIONS):
+        # The options only while this graph compiles or runs, so that no other torch.compile in the
+        # process (a training loop's, say) is changed.
+        with (torch._inductor.config.patch(_INDUCTOR_OPTIONS), torch._dynamo.config.patch(_DYNAMO_OPTIONS),
+              torch.fx.experimental._config.patch(_SHAPE_OPTIONS)):
             return _compiled(model, idx, attention_mask, kv_cache, position_ids)
 
     return step

@@ -213,9 +213,9 @@ def stream_generate(
     * ``eos_id``: a sequence that produces it is finished; later steps yield ``pad_id`` for it
       (default ``eos_id``), and the loop stops once every sequence is finished.
     * ``use_cache``: the KV cache (default); without it each step re-reads the whole window.
-    * ``compile``: run decode steps through ``torch.compile`` with frozen weights
-      (:mod:`gptlab.model.compiled`): about 2x faster on CPU after a one-off compilation of
-      seconds to a minute; numerically equivalent up to float rounding, not bit-identical.
+    * ``compile``: run decode steps through ``torch.compile`` (:mod:`gptlab.model.compiled`): faster
+      on CPU after a compilation of about a minute, whose code PyTorch caches on disk for later
+      processes (seconds then); numerically equivalent up to float rounding, not bit-identical.
     """
     sampling = _sampling_config(sampling, temperature, top_k, top_p, seed)
     sampling.check(max_new_tokens)
@@ -239,7 +239,9 @@ def stream_generate(
         full_mask = torch.ones(B, n + max_new_tokens, dtype=torch.long, device=device)
         full_mask[:, :n] = mask.to(device)
     # The cache never needs more than the window, nor more than this call's prompt + new tokens.
-    cache = KVCache.for_model(model, B, max_len=min(ctx, n + max_new_tokens)) if use_cache else None
+    # (A compiled step gets a view of the cache, which a spare position keeps strided alike at every step.)
+    cache = (KVCache.for_model(model, B, max_len=min(ctx, n + max_new_tokens), spare=int(compile))
+             if use_cache else None)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = None  # per-row position of the next token (only needed with padding)
 
@@ -311,17 +313,19 @@ def _compiled_decode(
     position_ids: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """One compiled decode step; None if compilation failed (it fails on the first call, before running)."""
-    length = cache.length
+    # The step writes through a view cut to this step's positions and advances only the view (see
+    # KVCache.step_view); a copy of the mask keeps the full mask's size out of the compiled graph's guards.
     try:
-        return step(token, mask, cache, position_ids)
+        logits = step(token, mask.clone() if mask is not None else None, cache.step_view(), position_ids)
     except (GptlabError, KeyboardInterrupt):
         raise
     except Exception as exc:  # inductor/compiler failures surface here
         from gptlab.model.compiled import disable_compiled
 
         disable_compiled(model, exc)
-        cache.length = length
         return None
+    cache.advance(token.size(1))
+    return logits
 
 
 def generate(model: torch.nn.Module, idx: Prompt, max_new_tokens: int, **options: Any) -> torch.Tensor | list[int] | list[list[int]]:

@@ -11,6 +11,22 @@ from __future__ import annotations
 import torch
 
 
+def cache_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a cache for ``model`` stores keys and values in (attention over them runs in it too).
+
+    The model's own dtype, except bf16 on a CPU without bf16 instructions (no AVX512-BF16, no AMX):
+    there bf16 matrix products take a slow path (3-4x fp32's time for the small products of a decode
+    step), while the linear layers, which only stream their weights, still gain from bf16. So such a
+    model keeps its cache in float32, at twice the cache memory.
+    """
+    from gptlab.model.device import fast_bf16
+
+    weight = model.tok_emb.weight
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not fast_bf16(weight.device):
+        return torch.float32
+    return weight.dtype
+
+
 class KVCache:
     """Pre-allocated ``[batch, kv_heads, max_len, head_dim]`` key and value buffers for every layer.
 
@@ -26,8 +42,11 @@ class KVCache:
         max_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        spare: int = 0,
     ) -> None:
-        shape = (batch_size, n_heads, max_len, head_dim)
+        # `spare` positions past max_len are never used: a compiled step's view (see step_view) then
+        # never covers a whole buffer, whose strides would differ from every other step's.
+        shape = (batch_size, n_heads, max_len + spare, head_dim)
         # Uninitialised on purpose: attention only ever reads positions < length, all written first.
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -35,8 +54,8 @@ class KVCache:
         self.length = 0  # positions filled so far (the same for every layer once a forward pass ends)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
-        """A cache shaped for ``model`` (a :class:`gptlab.model.GPT`), in its dtype and device."""
+    def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int | None = None, spare: int = 0) -> KVCache:
+        """A cache shaped for ``model`` (a :class:`gptlab.model.GPT`), in its dtype and device (``spare``: see __init__)."""
         cfg = model.cfg
         weight = model.tok_emb.weight
         return cls(
@@ -45,9 +64,29 @@ class KVCache:
             cfg.kv_heads,
             cfg.head_dim,
             min(max_len or cfg.context_length, cfg.context_length),
-            dtype=weight.dtype,
+            dtype=cache_dtype(model),
             device=weight.device,
+            spare=spare,
         )
+
+    @classmethod
+    def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> KVCache:
+        """A cache over existing per-layer buffers (views are fine) with ``length`` positions filled; allocates nothing."""
+        cache = cls.__new__(cls)
+        cache.keys, cache.values = list(keys), list(values)
+        cache.max_len = keys[0].size(2) if keys else 0
+        cache.length = length
+        return cache
+
+    def step_view(self, n_new: int = 1) -> KVCache:
+        """A cache over these buffers cut to exactly ``length + n_new`` positions, for a compiled step.
+
+        Writing through it fills these buffers; only the view advances (the caller then calls
+        :meth:`advance`). Its buffers always end where the step's keys end, so a compiled graph never
+        meets the one step where the cache is exactly full as a new shape relation to compile for.
+        """
+        end = self.length + n_new
+        return KVCache.over([k[:, :, :end] for k in self.keys], [v[:, :, :end] for v in self.values], self.length)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``layer``'s new keys/values ``[B, H, T, D]`` after the cached ones; return all of them."""

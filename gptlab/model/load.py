@@ -14,25 +14,47 @@ from gptlab.model.config import PRESETS, GPTConfig
 from gptlab.model.gpt import GPT
 from gptlab.model.hf import read_config, resolve_model_dir
 from gptlab.model.hub import HUB_MODELS
+from gptlab.model.quantize import DEFAULT_GROUP_SIZE, check_mode, load_quantized, quantization_of, quantize_model
 from gptlab.model.run_folder import is_run_dir, load_run
 from gptlab.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
 
 
 def load_model(
-    spec: str | os.PathLike, dtype: torch.dtype | None = None, seed: int = 0
+    spec: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    quantize: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> tuple[GPT, Tokenizer]:
-    """``(model, tokenizer)`` from a run folder, a Hugging Face model folder, a hub name, or a preset name.
+    """``(model, tokenizer)`` from a run folder, a GGUF file, a Hugging Face folder, a hub name, or a preset name.
 
-    Order: a folder written by ``gptlab pretrain`` (its best checkpoint and its own tokenizer); another
+    Order: a folder written by ``gptlab pretrain`` (its best checkpoint and its own tokenizer); a
+    ``.gguf`` file (llama.cpp's format: its weights, dequantized, and its vocabulary); another
     existing folder (its exported tokenizer, else GPT-2's); a hub name (``gpt2``, ``qwen3-0.6b``, ...:
     pretrained weights, downloaded into the cache once); another preset name (``gpt-nano`` ...: randomly
     initialised from ``seed``, useful to try the pipeline). Both are worked out here, once, so that every
     caller pairs a model with the same tokenizer. The model is returned in eval mode.
+
+    ``quantize`` (``int8`` or ``int4``, in groups of ``group_size``) replaces the linear layers by
+    weight-only quantized ones (:mod:`gptlab.model.quantize`); a folder written by ``gptlab quantize``
+    loads quantized as it is.
     """
     path = Path(spec).expanduser()
     name = str(spec)
-    if is_run_dir(path):  # a folder written by gptlab pretrain: its best checkpoint
+    if quantize is not None:
+        check_mode(quantize, group_size)
+    saved_quant = quantization_of(path) if path.is_dir() else None
+    if saved_quant is not None:  # written by gptlab quantize: integer weights, read as they are
+        if quantize is not None:
+            raise GptlabError(f"--model {name}: already quantized ({saved_quant.get('mode')}); drop --quantize")
+        model = load_quantized(path)
+        tok = _folder_tokenizer(path, model.cfg)
+    elif is_run_dir(path):  # a folder written by gptlab pretrain: its best checkpoint
         model, tok = load_run(path, "best", dtype=dtype)
+    elif path.suffix.lower() == ".gguf" and path.is_file():  # llama.cpp's format: weights and vocabulary
+        from gptlab.model.gguf_import import load_gguf  # imports the gguf package only when needed
+
+        model, tok = load_gguf(path, dtype=dtype)
     elif path.is_dir() or name in HUB_MODELS:
         directory = resolve_model_dir(spec)  # a hub name is downloaded into the cache here, once
         tok = _folder_tokenizer(directory, read_config(directory))
@@ -45,13 +67,15 @@ def load_model(
         tok = gpt2_tokenizer()  # the presets keep GPT-2's vocabulary
     else:
         raise GptlabError(
-            f"--model {name!r}: not a model folder, nor a hub name ({', '.join(HUB_MODELS)}), "
+            f"--model {name!r}: not a model folder or .gguf file, nor a hub name ({', '.join(HUB_MODELS)}), "
             f"nor a preset ({', '.join(PRESETS)})"
         )
     if tok.n_vocab > model.cfg.vocab_size:
         raise GptlabError(
             f"tokenizer has {tok.n_vocab} ids but the model's vocab_size is {model.cfg.vocab_size}"
         )
+    if quantize is not None:
+        quantize_model(model, quantize, group_size)
     return model, tok
 
 
@@ -81,6 +105,23 @@ def _folder_tokenizer(path: Path, cfg: GPTConfig) -> Tokenizer:
         )
     tok.end_ids = tuple(_generation_eos_ids(path))
     return tok
+
+
+def save_folder_tokenizer(tokenizer: Tokenizer, directory: Path, context_length: int) -> None:
+    """Write ``tokenizer`` into a model folder so that :func:`load_model` pairs them again.
+
+    A BPE tokenizer becomes Hugging Face's ``tokenizer.json`` + ``tokenizer_config.json`` (chat template
+    included), which ``transformers`` reads too. Character and word tokenizers have no Hugging Face
+    equivalent: they go in gptlab's format under a name of their own, since Hugging Face tools read any
+    ``tokenizer.json`` as theirs.
+    """
+    from gptlab.tokenizer import BPETokenizer
+    from gptlab.tokenizer.hf_writer import save_pretrained_tokenizer
+
+    if isinstance(tokenizer, BPETokenizer):
+        save_pretrained_tokenizer(tokenizer, directory, model_max_length=context_length)
+    else:
+        tokenizer.save(Path(directory) / EXPORTED_TOKENIZER)
 
 
 def _generation_eos_ids(path: Path) -> list[int]:

@@ -139,6 +139,10 @@ class Engine:
     e.g. an instruct model's ``<|im_end|>``/``<|eot_id|>``, ``<|endoftext|>`` and generation_config's
     ids); an id or ids to use instead; None for none. A request's ``stop_ids`` add to them. The id
     that ends a sequence is never turned into text.
+
+    ``compile`` runs the decode steps through :func:`gptlab.model.compiled.compiled_decode_step`;
+    :meth:`start` compiles them first (:meth:`warm_up`), so the engine is fast from its first request.
+    If compiling fails, the engine warns and decodes with the eager model.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class Engine:
         max_batch: int = 8,
         eos_id: int | Sequence[int] | None = -1,
         max_context: int | None = None,
+        compile: bool = False,
     ) -> None:
         if max_batch < 1:
             raise GptlabError(f"max_batch must be a positive integer, got {max_batch}")
@@ -183,12 +188,16 @@ class Engine:
         self.cancelled = 0
         self.peak_batch = 0  # most rows decoded in one step
         self.failures = 0  # prefills or decode steps that raised (their requests got an error event)
+        self._step = None  # the compiled decode step, once warm_up() made one
+        self._compile = compile
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Engine:
-        """Start the scheduler thread (idempotent); returns self."""
+        """Start the scheduler thread (idempotent), compiling the decode step first if asked; returns self."""
         if self._thread is None:
+            if self._compile:
+                self.warm_up()
             self._thread = threading.Thread(target=self._loop, name="gptlab-engine", daemon=True)
             self._thread.start()
         return self
@@ -332,8 +341,7 @@ class Engine:
         cache = self.cache
         cache.make_room()
         tokens = torch.tensor(self._pending, dtype=torch.long, device=self.device).unsqueeze(1)
-        logits = self.model(tokens, attention_mask=cache.step_mask(), kv_cache=cache,
-                            position_ids=cache.step_positions(), last_only=True)[:, -1, :]
+        logits = self._forward_step(tokens, cache.step_mask(), cache.step_positions())
         self.steps += 1
         self.peak_batch = max(self.peak_batch, len(self._rows))
         new = self._sample(self._rows, logits)
@@ -344,6 +352,65 @@ class Engine:
                 done.append(r)
         for r in reversed(done):  # highest first: the row moved into r is always a live one
             self._remove_row(r)
+
+    def _forward_step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, vocab]`` of one decode step of the active rows, through the compiled step if there is one."""
+        cache = self.cache
+        if self._step is not None:
+            try:
+                # A copy of the mask: a new tensor like the warm-up's (a view of the slot cache's mask
+                # would bring its size, and for one row its autograd keys, into the compiled guards).
+                logits = self._step(tokens, mask.clone(), cache.step_view(), positions)
+            except Exception as exc:  # noqa: BLE001 - a recompilation (new shapes) that failed: go eager
+                from gptlab.model.compiled import disable_compiled
+
+                disable_compiled(self.model, exc)
+                self._step = None
+            else:
+                cache.advance(tokens.size(1))  # the view advanced only itself
+                return logits[:, -1, :]
+        return self.model(tokens, attention_mask=mask, kv_cache=cache, position_ids=positions,
+                          last_only=True)[:, -1, :]
+
+    def warm_up(self) -> bool:
+        """Compile the decode step (before :meth:`start`; once); returns whether steps now run compiled.
+
+        Dynamic shapes make one graph serve every cache width, and one every batch size above 1
+        (size 1 is always its own graph), so two warm-up steps, with one row and with two, compile
+        everything the engine will meet. The rows are dummies, freed afterwards. With PyTorch's
+        persistent caches warm (a second start on the same model) this takes seconds.
+        """
+        from gptlab.model.compiled import compiled_decode_step, disable_compiled
+
+        if self._step is not None or self._thread is not None:
+            return self._step is not None
+        self._compile = False  # one attempt, whatever happens
+        step = compiled_decode_step(self.model)
+        if step is None:
+            return False
+        cache = self.cache
+        # Two positions per row, so that no width or length is the 1 that dynamo would specialise on.
+        prompt = max(1, min(2, self.context_length - 2))
+        try:
+            with torch.inference_mode():  # as in the scheduler loop: grad mode is part of dynamo's guards
+                tmp = KVCache.for_model(self.model, 1, max_len=prompt)
+                self.model(torch.zeros(1, prompt, dtype=torch.long, device=self.device), kv_cache=tmp)
+                for rows in sorted({1, min(2, self.max_batch)}):
+                    cache.clear()
+                    for _ in range(rows):
+                        cache.add(tmp)
+                    cache.make_room()
+                    tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
+                    step(tokens, cache.step_mask().clone(), cache.step_view(), cache.step_positions())
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported platform, ...
+            disable_compiled(self.model, exc)
+            return False
+        finally:
+            cache.clear()
+        self._step = step
+        return True
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
         """One token per row: a batched argmax for greedy rows, each sampled row with its own generator."""

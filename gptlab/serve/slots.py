@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from gptlab.model.kv_cache import KVCache
+from gptlab.model.kv_cache import KVCache, cache_dtype
 
 
 class SlotCache:
@@ -41,7 +41,9 @@ class SlotCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (slots, n_heads, max_len, head_dim)
+        # One position more than max_len, never used: the view a compiled decode step gets (step_view)
+        # then never covers a whole buffer, whose strides would differ from every other step's.
+        shape = (slots, n_heads, max_len + 1, head_dim)
         # Zeros, not empty: padded positions are multiplied by an attention weight of exactly 0, and
         # 0 * NaN (possible in uninitialised memory) would be NaN.
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -66,7 +68,7 @@ class SlotCache:
         weight = model.tok_emb.weight
         length = cfg.context_length if max_len is None else min(max_len, cfg.context_length)
         return cls(cfg.n_layers, slots, cfg.kv_heads, cfg.head_dim, length,
-                   dtype=weight.dtype, device=weight.device)
+                   dtype=cache_dtype(model), device=weight.device)
 
     # ------------------------------------------------------------------ the model's cache interface
 
@@ -92,6 +94,26 @@ class SlotCache:
             self.lens[r] += n
 
     # ------------------------------------------------------------------ decode-step inputs
+
+    def step_view(self) -> KVCache:
+        """The active rows as a plain :class:`KVCache` over this cache's buffers, for a compiled decode step.
+
+        The model writes the new keys/values through it (at ``W``, into these buffers) and advances only
+        the view; the caller then calls :meth:`advance`. This keeps the per-row bookkeeping (a Python
+        loop over the rows) out of the compiled graph, where it would fix the number of rows and so
+        compile once per batch size. The view ends at ``W + 1``, so that its length relative to ``W``
+        is the same at every step (see :meth:`KVCache.step_view`).
+        """
+        n, end = self.n, self.width + 1
+        return KVCache.over([k[:n, :, :end] for k in self.keys], [v[:n, :, :end] for v in self.values], self.width)
+
+    def clear(self) -> None:
+        """Free every row. The buffers keep their values: only finite ones were ever written (padding
+        must never be NaN, see above), and the mask hides them from the rows added later."""
+        self.mask.zero_()
+        self.lens = [0] * self.slots
+        self.n = 0
+        self.width = 0
 
     def step_mask(self) -> torch.Tensor:
         """The ``[n, W + 1]`` attention mask for one decode step (the new position counts as real)."""

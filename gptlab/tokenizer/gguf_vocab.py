@@ -16,10 +16,12 @@ vocabulary ("llama": Llama 2, Gemma, Phi-3) has no merges and another model type
 from __future__ import annotations
 
 import copy
+import dataclasses
 import mmap
 import os
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +176,11 @@ PRE_TOKENIZERS["smollm"] = dict(PRE_TOKENIZERS["starcoder"],
 
 # The GGUF metadata reader. gguf.GGUFReader builds a numpy view per string, which takes 10-27 s on a
 # 128k-token, 280k-merge vocabulary; reading the key/value section straight off an mmap takes a fraction
-# of a second, and drops the `gguf` package as a runtime dependency. Layout (GGUF spec, versions 2 and 3;
+# of a second, and needs no `gguf` package for a vocabulary. Layout (GGUF spec, versions 2 and 3;
 # version 1 used 32-bit lengths and is refused, as GGUFReader refuses it): the magic b"GGUF", then in the
 # file's byte order uint32 version, uint64 tensor_count, uint64 kv_count, then kv_count pairs of a string
-# key, a uint32 value type and the value. The tensor infos and data that follow are never read.
+# key, a uint32 value type and the value. The tensor infos that follow are read by read_gguf_tensors
+# (loading a model), never for the vocabulary alone.
 _MAGIC = b"GGUF"  # written as these 4 bytes whatever the file's byte order (GGUFWriter packs it "<I")
 _VERSIONS = (2, 3)
 _STRING, _ARRAY = 8, 9
@@ -283,6 +286,11 @@ class _MetadataParser:
 
 def _parse_metadata(buf: Any, path: Path) -> dict[str, Any]:
     """The key/value section of the GGUF file whose bytes are ``buf``; errors name ``path``, in one line."""
+    return _parse_head(buf, path)[0]
+
+
+def _parse_head(buf: Any, path: Path) -> tuple[dict[str, Any], _MetadataParser, int]:
+    """``(metadata, parser, tensor_count)``: the parser stands just after the key/value section."""
     def fail(why: str) -> GptlabError:
         return GptlabError(f"{path}: not a readable GGUF file ({why})")
 
@@ -304,7 +312,7 @@ def _parse_metadata(buf: Any, path: Path) -> dict[str, Any]:
         order = ">"
     parser = _MetadataParser(buf, order)
     parser.pos = 8
-    parser.u64()  # tensor_count: the tensor infos come after the metadata and are never read
+    tensor_count = parser.u64()  # the tensor infos come after the metadata (read_gguf_tensors reads them)
     kv_count = parser.u64()
 
     metadata: dict[str, Any] = {}
@@ -324,7 +332,7 @@ def _parse_metadata(buf: Any, path: Path) -> dict[str, Any]:
         if key in metadata:  # GGUFReader refuses these too; silently keeping one would hide a broken file
             raise fail(f"key {key!r} appears twice")
         metadata[key] = value
-    return metadata
+    return metadata, parser, tensor_count
 
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -347,6 +355,52 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 return _parse_metadata(buf, path)
     except OSError as exc:
         raise GptlabError(f"{path}: cannot read the GGUF file ({exc.strerror or exc})") from None
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    """One entry of a GGUF file's tensor table: where a tensor's bytes are and how to read them."""
+
+    name: str
+    shape: tuple[int, ...]  # torch order (outermost first): GGUF lists dimensions innermost first
+    type: int  # a gguf.GGMLQuantizationType value (0 F32, 1 F16, 8 Q8_0, 30 BF16, ...)
+    offset: int  # absolute: from the start of the file, not of the data section
+
+
+def read_gguf_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], list[GGUFTensorInfo]]:
+    """The GGUF file's metadata and its tensor table (names, shapes, types, absolute byte offsets).
+
+    Nothing of the tensor data is read; offsets are checked to lie inside the file only by the caller,
+    which knows each type's size. Only little-endian files are accepted (their tensor data is what
+    numpy reads on every machine gptlab runs on); errors are one-line :class:`GptlabError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GptlabError(f"{path}: no such GGUF file")
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                _parse_metadata(b"", path)  # raises: too short
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                metadata, parser, count = _parse_head(buf, path)
+                if parser.order != "<":
+                    raise GptlabError(f"{path}: a big-endian GGUF file; only little-endian model files are supported")
+                tensors = []
+                try:
+                    for _ in range(count):
+                        name = parser.string()
+                        n_dims = parser.u32()
+                        if n_dims > 8:  # GGML_MAX_DIMS is 4; a larger count is a damaged file
+                            raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+                        dims = [parser.u64() for _ in range(n_dims)]
+                        tensors.append(GGUFTensorInfo(name, tuple(reversed(dims)), parser.u32(), parser.u64()))
+                except (_Truncated, ValueError) as exc:
+                    raise GptlabError(f"{path}: not a readable GGUF file (tensor table: {exc})") from None
+                alignment = int(metadata.get("general.alignment", 32) or 32)
+                start = -(-parser.pos // alignment) * alignment  # the data section starts aligned
+    except OSError as exc:
+        raise GptlabError(f"{path}: cannot read the GGUF file ({exc.strerror or exc})") from None
+    return metadata, [dataclasses.replace(t, offset=start + t.offset) for t in tensors]
 
 
 def _added_token(token_id: int, content: str, special: bool) -> dict:

@@ -97,7 +97,7 @@ def _patch(monkeypatch, model, tok, after: int = 3) -> ForceAfter:
     import gptlab.model.load as load_mod
 
     forced = ForceAfter(model, IM_END, after)
-    monkeypatch.setattr(load_mod, "load_model", lambda spec, dtype=None: (forced, tok))
+    monkeypatch.setattr(load_mod, "load_model", lambda spec, dtype=None, **quantize: (forced, tok))
     return forced
 
 

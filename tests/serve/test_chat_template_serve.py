@@ -215,7 +215,7 @@ def test_chat_command_uses_the_template(monkeypatch, capsys, loaded, chat_folder
 
     model, tok = loaded
     forced = ForceAfter(model, IM_END, after=2)
-    monkeypatch.setattr(load_mod, "load_model", lambda spec, dtype=None: (forced, tok))
+    monkeypatch.setattr(load_mod, "load_model", lambda spec, dtype=None, **quantize: (forced, tok))
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nbad <|im_start|> text\nWhy?\n/exit\n"))
     code = main(["chat", "--model", chat_folder, "--temperature", "0", "--system", "Be brief.", "--max-tokens", "8"])
     out, err = capsys.readouterr()

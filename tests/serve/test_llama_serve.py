@@ -116,7 +116,8 @@ def test_the_slot_cache_is_capped_on_long_context_models(gpt2_tok):
     engine = Engine(model, gpt2_tok, max_batch=4)
     assert engine.context_length == DEFAULT_MAX_CONTEXT
     assert engine.cache.max_len == DEFAULT_MAX_CONTEXT
-    assert engine.cache.keys[0].shape == (4, 2, DEFAULT_MAX_CONTEXT, 8)  # slots, kv heads, positions, head
+    # slots, kv heads, positions (one spare, never used: see SlotCache), head size
+    assert engine.cache.keys[0].shape == (4, 2, DEFAULT_MAX_CONTEXT + 1, 8)
     with pytest.raises(ContextLengthExceeded, match=f"maximum context length is {DEFAULT_MAX_CONTEXT} tokens"):
         engine.check_fits(DEFAULT_MAX_CONTEXT - 10, 11)
 

@@ -255,10 +255,13 @@ def generate_responses(
     dtype: torch.dtype | None = None,
     log: Callable[[str], None] = print,
     data_path: str | os.PathLike | None = None,
+    quantize: str | None = None,
+    group_size: int = 64,
 ) -> dict[str, Any]:
     """Answer every entry (an instruction or a chat, see the module) and write ``out`` (resumable); returns a summary.
 
     ``data_path`` is the file the entries came from: never written, even when ``out`` names it.
+    ``quantize``/``group_size``: weight-only int8/int4 linear layers (CPU), as ``load_model`` takes them.
     Settings, ``out`` and the place it goes to are checked before the model is loaded.
     """
     from gptlab.model.device import pick_device
@@ -285,8 +288,11 @@ def generate_responses(
         _write(out, results)
         return summary
 
-    model, tokenizer = load_model(model_spec, dtype=dtype)
-    model = model.to(pick_device(device)).eval()
+    target = pick_device(device)
+    if quantize is not None and target.type != "cpu":
+        raise GptlabError(f"--quantize runs on the CPU (PyTorch's int8/int4 CPU kernels); use --device cpu, not {target}")
+    model, tokenizer = load_model(model_spec, dtype=dtype, quantize=quantize, group_size=group_size)
+    model = model.to(target).eval()
     prompt_style = prompt_format_for(model_spec, tokenizer, style)
     prompts: dict[int, list[int]] = {}
     for i in pending:  # all before the first batch: a bad entry fails now, not after an hour of answers

@@ -1,0 +1,101 @@
+"""The compiled decode step: weights are graph inputs (right logits for any weights), and its code is cached on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.model import GPT, GPTConfig
+from gptlab.model.compiled import compile_cache_dir, use_compile_cache
+
+# The shapes of tests/model/test_generate.py, so that the compiled code is shared with its tests.
+CFG = GPTConfig(vocab_size=101, context_length=24, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 80, 13, 7, 61, 30], [12, 99, 0, 4, 8, 50]]
+
+# inductor's own modules use a deprecated torch.jit decorator; not ours to fix
+_IGNORE_JIT = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+def _sharp_model(seed: int) -> GPT:
+    """A random model with large logits, so that greedy choices are no near-ties float rounding could flip."""
+    torch.manual_seed(seed)
+    m = GPT(CFG).eval()
+    with torch.no_grad():
+        m.out_head.weight.mul_(20)
+    return m
+
+
+def test_compile_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("GPTLAB_CACHE_DIR", raising=False)
+    assert compile_cache_dir() == Path.home() / ".cache" / "gptlab" / "compile"
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "c"))
+    assert compile_cache_dir() == tmp_path / "c" / "compile"
+    # An explicit inductor folder wins; otherwise inductor is pointed at ours, one folder per torch version.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_compile_cache() == str(tmp_path / "mine")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    folder = use_compile_cache()
+    assert folder == str(tmp_path / "c" / "compile" / f"torch-{torch.__version__}")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == folder and os.path.isdir(folder)
+    # A folder that cannot be created leaves inductor's default alone.
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "file"))
+    assert use_compile_cache() is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+def test_models_of_one_shape_each_get_their_own_logits():
+    """The compiled code is keyed on shapes; the weights are its inputs, never constants baked into it."""
+    a, b = _sharp_model(1), _sharp_model(2)
+    eager_a, eager_b = a.generate(PROMPTS, 8), b.generate(PROMPTS, 8)
+    assert eager_a != eager_b
+    assert a.generate(PROMPTS, 8, compile=True) == eager_a
+    assert b.generate(PROMPTS, 8, compile=True) == eager_b
+    assert a.generate(PROMPTS, 8, compile=True) == eager_a
+    b.load_state_dict(a.state_dict())  # in place: the same parameter objects, new values
+    assert b.generate(PROMPTS, 8, compile=True) == eager_a
+
+
+_CHILD = """
+import json, os, sys, torch
+from torch._dynamo.utils import counters
+from gptlab.model import GPT, GPTConfig
+cfg = GPTConfig(**json.loads(sys.argv[1]))
+torch.manual_seed(7)
+GPT(cfg).eval().generate(json.loads(sys.argv[2]), 8, compile=True)
+print(json.dumps({"inductor": dict(counters["inductor"]), "aot": dict(counters["aot_autograd"]),
+                  "folder": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_reuses_the_compiled_code():
+    """A second process compiling the same decode step finds it in the on-disk caches: nothing is compiled again.
+
+    Two fresh processes run the same script: the first compiles (or already finds the code from an
+    earlier run), the second must only load it.
+    """
+    fields = {"vocab_size": 101, "context_length": 24, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
+    assert GPTConfig(**fields) == CFG
+    reports = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(fields), json.dumps(PROMPTS)],
+                             capture_output=True, text=True, timeout=600, env=os.environ.copy())
+        assert out.returncode == 0, out.stderr[-3000:]
+        reports.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = reports
+    assert second["folder"] == first["folder"] and os.listdir(first["folder"])
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        assert second["folder"] == str(compile_cache_dir() / f"torch-{torch.__version__}")
+    assert second["inductor"].get("fxgraph_cache_hit", 0) >= 1, second
+    assert second["inductor"].get("fxgraph_cache_miss", 0) == 0, second
+    assert second["aot"].get("autograd_cache_hit", 0) >= 1, second
+    assert second["aot"].get("autograd_cache_miss", 0) == 0, second
