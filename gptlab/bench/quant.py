@@ -272,7 +272,7 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
         if not setup["llama_cpp"]:
-            print("(llama_cpp is not installed: int8/int4 are compared with transformers; see the README for "
+            print("(llama_cpp is not installed: int8/int4 are compared with transformers; see the README's Benchmarks section for "
                   "building llama-cpp-python)")
     return 0
 
