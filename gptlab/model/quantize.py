@@ -42,6 +42,12 @@ _INT4_ROW_MULTIPLE = 16
 # ------------------------------------------------------------------------------------ int8
 
 
+def _copy_bias(linear: nn.Linear, layer: nn.Module) -> None:
+    """The float bias of ``linear`` into a quantized ``layer``, in bf16 (the kernels' output dtype)."""
+    if linear.bias is not None:
+        layer.bias.data = linear.bias.detach().to(torch.bfloat16).clone()
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """``x`` as the contiguous bf16 ``[rows, in]`` matrix the packed kernels take."""
     return x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()
@@ -73,8 +79,7 @@ class Int8Linear(nn.Module):
         q, scale = quantize_int8(linear.weight)
         layer.weight.copy_(q)
         layer.scale.copy_(scale)
-        if linear.bias is not None:
-            layer.bias.data = linear.bias.detach().to(torch.bfloat16).clone()
+        _copy_bias(linear, layer)
         return layer
 
     def dequantized(self) -> torch.Tensor:
@@ -161,8 +166,7 @@ class Int4Linear(nn.Module):
         layer.qweight.copy_(pack_nibbles(q))
         layer.scales.copy_(scale)
         layer.mins.copy_(low)
-        if linear.bias is not None:
-            layer.bias.data = linear.bias.detach().to(torch.bfloat16).clone()
+        _copy_bias(linear, layer)
         return layer
 
     def dequantized(self) -> torch.Tensor:
