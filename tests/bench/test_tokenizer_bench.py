@@ -26,7 +26,8 @@ def test_bench_result_is_consistent(shared_data):
     assert tr["ours_vocab"] == tr["hf_vocab"] == 400
     assert tr["ratio"] == pytest.approx(tr["ours_s"] / tr["hf_s"], rel=1e-2)
     assert enc["pass"] == (enc["ratio"] >= 0.5) and tr["pass"] == (tr["ratio"] <= 3.0)
-    assert result["pass"] == (enc["pass"] and tr["pass"])
+    # The overall verdict also covers the real models' tokenizers the bench runs by default.
+    assert result["pass"] == (enc["pass"] and tr["pass"] and all(m["pass"] for m in result["models"]))
     table = format_table(result)
     assert table.count("PASS") + table.count("FAIL") == 2 + len(result["models"]) and "ids identical to tiktoken: yes" in table
 
