@@ -18,6 +18,7 @@ from gptlab.bench import commands as bench_commands
 from gptlab.cli import (
     classify_cmds,
     data_cmds,
+    eval_cmds,
     instruct_cmds,
     model_cmds,
     quantize_cmds,
@@ -29,7 +30,7 @@ from gptlab.errors import GptlabError
 
 # In the order of the pipeline (their --help order).
 _VERB_MODULES = [tokenizer_cmds, data_cmds, model_cmds, train_cmds, classify_cmds, instruct_cmds, quantize_cmds,
-                 serve_cmds, bench_commands]
+                 serve_cmds, eval_cmds, bench_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

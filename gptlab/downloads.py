@@ -1,6 +1,7 @@
 """Downloading into gptlab's cache: where the cache is, how a file gets there, and how it is checked.
 
-Everything gptlab downloads (data sets, GPT-2's vocabulary, Hugging Face weights) goes through here:
+What gptlab downloads itself (data sets, tokenizer vocabularies) goes through here; models from the
+Hugging Face hub go through ``huggingface_hub`` and its cache instead (:mod:`gptlab.model.hub`).
 
 * :func:`cache_dir`: ``$GPTLAB_DATA_DIR``, else ``~/.cache/gptlab``.
 * :func:`cached_file`: a :class:`CachedFile` (fixed address and sha256) in the cache, downloaded once
@@ -13,8 +14,8 @@ Everything gptlab downloads (data sets, GPT-2's vocabulary, Hugging Face weights
   that names the file, says where to put it by hand, and names ``GPTLAB_DATA_DIR``.
 
 The tokenizers import this module and the CLI imports them at start-up, so ``gptlab --help`` pays for
-what is at the top here: ``hashlib``, ``urllib.request`` and ``tqdm`` are imported inside the
-functions that use them.
+what is at the top here: ``hashlib`` and ``urllib.request`` are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -128,8 +129,6 @@ def download_file(
     *,
     source: str,
     hint: str = "removed it, try again",
-    progress: bool = False,
-    headers: dict[str, str] | None = None,
 ) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial one, then check and rename it.
 
@@ -137,7 +136,6 @@ def download_file(
     scratch if the server ignores it). The finished file must match ``expected``, else it is removed
     and :class:`GptlabError` says ``{dest}: downloaded file does not match {source} (...); {hint}``.
     Network errors are raised as they are (:class:`OSError`); wrap the call in :func:`offline_errors`.
-    ``headers`` (an access token) go to ``url`` only, not to where it redirects.
     """
     import urllib.error
     import urllib.request
@@ -149,16 +147,11 @@ def download_file(
     if expected.size is None or have < expected.size:
         # A plain GET needs no Request object (and urllib sends "Accept-Encoding: identity" by itself).
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"}) if have else url
-        if headers:
-            request = request if isinstance(request, urllib.request.Request) else urllib.request.Request(url)
-            for key, value in headers.items():
-                # Unredirected: a token for the hub must not reach the storage host it redirects to.
-                request.add_unredirected_header(key, value)
         try:
             with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
                 if have and response.status != 206:
                     have = 0  # the server ignored the Range header: start over
-                _copy(response, part, append=bool(have), total=expected.size, desc=dest.name, progress=progress)
+                _copy(response, part, append=bool(have))
         except urllib.error.HTTPError as exc:
             if not (have and exc.code == 416):  # 416: nothing after `have` bytes, the .part may be whole
                 raise
@@ -169,26 +162,14 @@ def download_file(
     os.replace(part, dest)
 
 
-def _copy(response, part: Path, *, append: bool, total: int | None, desc: str, progress: bool) -> None:  # noqa: ANN001
-    """Stream an HTTP response into ``part`` (appending to what is there), with a progress bar if asked."""
-    bar = None
-    if progress:
-        from tqdm import tqdm  # only when a bar is shown: tqdm is not needed otherwise
-
-        initial = part.stat().st_size if append else 0
-        bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc)
-    try:
-        part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no folder behind
-        with open(part, "ab" if append else "wb") as out:
-            for block in iter(lambda: response.read(_CHUNK), b""):
-                out.write(block)
-                if bar is not None:
-                    bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())  # the bytes are on disk before the file can get its real name
-    finally:
-        if bar is not None:
-            bar.close()
+def _copy(response, part: Path, *, append: bool) -> None:  # noqa: ANN001 - an HTTP response
+    """Stream an HTTP response into ``part``, appending to what is there when ``append``."""
+    part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no folder behind
+    with open(part, "ab" if append else "wb") as out:
+        for block in iter(lambda: response.read(_CHUNK), b""):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())  # the bytes are on disk before the file can get its real name
 
 
 # ------------------------------------------------------------------------------------ named files

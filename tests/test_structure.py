@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
-LAYERS = ["tokenizer", "data", "model", "train", "finetune", "serve", "cli", "bench"]
+LAYERS = ["tokenizer", "data", "model", "train", "finetune", "evaluation", "serve", "cli", "bench"]
 ENTRY_POINTS = {"gptlab.app", "gptlab.__main__"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -34,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API, with a chat page",
-        description="Serve /v1/completions, /v1/chat/completions (streaming with server-sent events), "
-        "/v1/models, /health, and a chat page at /. Concurrent requests are decoded together "
-        "(continuous batching).",
+        description="Serve /v1/completions, /v1/chat/completions (streaming with server-sent events, logprobs), "
+        "/v1/models, /health, /metrics (Prometheus) and a chat page at /, on uvicorn. Concurrent requests "
+        "are decoded together (continuous batching), with a fair share of the slots for each request. "
+        "SIGTERM or Ctrl-C stops accepting, lets running requests finish (--shutdown-timeout) and exits 0.",
     )
     _model_args(s)
     s.add_argument("--host", default="127.0.0.1",
@@ -46,10 +46,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $GPTLAB_API_KEY, else none)")
     s.add_argument("--max-batch", type=int, default=8,
                    help="sequences decoded together; more requests wait for a free slot (default 8)")
+    s.add_argument("--max-per-request", type=int, default=None,
+                   help="slots one request's prompts may hold at once, so one big request cannot starve the "
+                        "others (default: half of --max-batch)")
     s.add_argument("--name", default=None, help="model id reported by /v1/models (default: the --model name)")
     s.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     s.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
-    s.add_argument("--log-requests", action="store_true", help="log every request to stderr")
+    s.add_argument("--access-log", choices=["text", "json", "off"], default="text",
+                   help="one line per request on stderr: method, path, status, tokens, latency; never bodies "
+                        "(default text)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' for any). By default only "
+                        "the bound address (and localhost names on a loopback address) is accepted, which stops "
+                        "DNS-rebinding web pages")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000; '*' for any) call the API from a "
+                        "browser (repeatable; default: none)")
+    s.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections at most; past it the one waiting longest for its request is closed "
+                        "(default 1000)")
+    s.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a whole request head (default 10)")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are ended with an "
+                        "error (default 30)")
     s.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile before serving (faster steps; the first start "
                         "takes a minute or two, later ones reuse the cached code)")
@@ -70,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_chat)
 
 
-def _load(args: argparse.Namespace, max_batch: int, compile: bool = False):  # noqa: ANN202
+def _load(args: argparse.Namespace, max_batch: int, compile: bool = False,  # noqa: ANN202
+          max_per_group: int | None = None):
     """Model, tokenizer, chat format and a started engine (its decode step compiled first with ``compile``)."""
     from gptlab.model.dtypes import parse_dtype
     from gptlab.model.load import load_model
@@ -86,52 +107,64 @@ def _load(args: argparse.Namespace, max_batch: int, compile: bool = False):  # n
     fmt = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style, tokenizer=tok)
     # The engine caps the context (and so the cache it allocates per sequence) even without the flag:
     # published Llama/Qwen configs have windows of 32k-128k tokens.
-    engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context, compile=compile)
+    engine = Engine(model, tok, max_batch=max_batch, max_context=args.max_context, compile=compile,
+                    max_per_group=max_per_group)
     if compile:
         print("gptlab serve: compiling the decode step", file=sys.stderr, flush=True)
-    return model, tok, fmt, engine.start()
+    return model, tok, fmt, engine
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Load the model and serve until Ctrl-C (or SIGTERM)."""
+def _check_serve_flags(args: argparse.Namespace) -> None:
+    """Refuse unusable serve flags in one line, before the model loads."""
     if not 0 <= args.port <= 65535:
         raise GptlabError(f"--port must be in 0..65535, got {args.port}")
     if args.max_body < 1024:
         raise GptlabError(f"--max-body must be at least 1024 bytes, got {args.max_body}")
+    if args.api_key is not None and not args.api_key.strip():
+        # An empty key would silently mean "no authentication".
+        raise GptlabError("--api-key (or $GPTLAB_API_KEY) is empty; give a key, or leave both unset to serve "
+                          "without one")
+    if args.max_per_request is not None and args.max_per_request < 1:
+        raise GptlabError(f"--max-per-request must be a positive integer, got {args.max_per_request}")
+    if args.max_connections < 1:
+        raise GptlabError(f"--max-connections must be a positive integer, got {args.max_connections}")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--shutdown-timeout", args.shutdown_timeout)):
+        if not value >= 0 or value == float("inf"):
+            raise GptlabError(f"{flag} must be a non-negative number of seconds, got {value}")
+    if args.header_timeout == 0:
+        raise GptlabError("--header-timeout must be more than 0 seconds")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the model and serve until Ctrl-C or SIGTERM (then drain, and exit 0)."""
+    _check_serve_flags(args)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
     from gptlab.serve.server import create_server
 
-    model, tok, fmt, engine = _load(args, args.max_batch, compile=args.compile)
+    model, tok, fmt, engine = _load(args, args.max_batch, compile=args.compile, max_per_group=args.max_per_request)
+    if args.compile:
+        engine.warm_up()  # before the port opens: the server reports ready only when it is fast
     name = args.name or (Path(args.model).name if Path(args.model).is_dir() else str(args.model))
     try:
         server = create_server(engine, args.host, args.port, api_key=args.api_key, model_name=name,
-                               chat_format=fmt, max_body_bytes=args.max_body, log_requests=args.log_requests)
+                               chat_format=fmt, max_body_bytes=args.max_body, allowed_hosts=args.allowed_host,
+                               cors_origins=args.cors_origin, max_connections=args.max_connections,
+                               header_timeout=args.header_timeout, shutdown_timeout=args.shutdown_timeout,
+                               access_log_style=args.access_log)
     except OSError as exc:
-        engine.stop()
         raise GptlabError(f"--host/--port: cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
     if args.host not in _LOOPBACK and not args.api_key:
         print(f"gptlab serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               "machine can use the model (set --api-key)", file=sys.stderr)
-    # SIGTERM (e.g. from a service manager) shuts down like Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
     print(f"gptlab serve: {name} at {server.url} (chat page at {server.url}/, API at {server.url}/v1, "
-          f"up to {engine.max_batch} sequences per step of up to {engine.context_length} tokens, prompt style "
-          f"{fmt.name}); Ctrl-C stops", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        print("gptlab serve: stopping", file=sys.stderr)
-    finally:
-        server.server_close()
-        engine.stop()
+          f"metrics at {server.url}/metrics; up to {engine.max_batch} sequences per step of up to "
+          f"{engine.context_length} tokens, prompt style {fmt.name}); Ctrl-C stops", flush=True)
+    server.run()
+    print("gptlab serve: stopped", file=sys.stderr)
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _fit_history(messages: list[dict], fmt, tok, context: int, max_tokens: int) -> tuple[list[int], int, int]:  # noqa: ANN001
@@ -176,6 +209,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from gptlab.serve.engine import SamplingParams
 
     model, tok, fmt, engine = _load(args, 1)
+    engine.start()
     context = engine.context_length  # the model's window, or less under --max-context
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)

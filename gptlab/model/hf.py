@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text, default_mode
 from gptlab.model.config import GPTConfig
-from gptlab.model.hub import HUB_MODELS, ensure_model
+from gptlab.model.hub import HUB_MODELS, ensure_model, hub_repo
 
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"
@@ -474,16 +474,17 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
 
 
 def resolve_model_dir(name_or_dir: str | os.PathLike, download: bool = True) -> Path:
-    """A folder holding the model: ``name_or_dir`` itself, or a hub name's folder in the cache."""
+    """A folder holding the model: ``name_or_dir`` itself, or the snapshot folder in the hub cache of a hub
+    name or ``owner/name`` repository id (downloaded unless ``download`` is False)."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_dir)
-    if name in HUB_MODELS:
+    if hub_repo(name) is not None:
         return ensure_model(name, download=download)
     raise GptlabError(
-        f"model {name!r}: not a folder with config.json and {SAFETENSORS}, nor a known name "
-        f"({', '.join(HUB_MODELS)})"
+        f"model {name!r}: not a folder with config.json and {SAFETENSORS}, nor a hub name "
+        f"({', '.join(HUB_MODELS)}) or repository id owner/name"
     )
 
 

@@ -1,18 +1,23 @@
-"""Download models from the Hugging Face hub with nothing but ``urllib``.
+"""Models from the Hugging Face hub, through ``huggingface_hub``.
 
-``ensure_model("qwen3-0.6b")`` returns ``cache_dir()/hf/qwen3-0.6b`` holding ``config.json`` and the
-weights, downloading what is missing. The weights are ``model.safetensors``, or, for a repository that
-splits them (Llama 3.2 3B, Qwen3 4B), ``model.safetensors.index.json`` and every shard it names. The
-tokenizer and generation files (``tokenizer.json``, ``tokenizer_config.json``,
-``generation_config.json``) come along when the repository has them.
+``ensure_model("qwen3-0.6b")`` (a short name of :data:`HUB_MODELS`) or ``ensure_model("Qwen/Qwen3-0.6B")``
+(any repository id) returns the model's snapshot folder in the standard hub cache, the one
+``transformers`` uses too: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``
+(``models--Qwen--Qwen3-0.6B/snapshots/COMMIT/``). What is missing is downloaded by
+:func:`huggingface_hub.snapshot_download`, restricted to the files gptlab reads (:data:`ALLOW_PATTERNS`):
+``config.json``, the safetensors weights (``model.safetensors``, or ``model.safetensors.index.json`` and
+its shards) and the tokenizer and generation files; never ``.bin``, ``.pth``, ``.h5`` or ONNX weights.
 
-The hub part is here: its addresses, its access token, and reading the size and hash it announces
-(``X-Linked-Size`` / ``X-Linked-Etag``, the sha256 of large files; for small files the ``ETag`` is
-git's blob sha1). The download itself is :func:`gptlab.downloads.download_file`: to ``FILE.part``,
-resumed where it stopped (HTTP ``Range``), checked before it gets its real name.
-``GPTLAB_HF_ENDPOINT`` overrides the hub address (a mirror, or the tests' local server). ``HF_TOKEN``,
-when set, is sent to the hub (never to the storage host it redirects to): gated models (Llama) need
-it, from an account that has accepted the model's licence.
+``huggingface_hub`` reads its own settings, so they are not repeated here: ``HF_ENDPOINT`` (a mirror),
+``HF_TOKEN`` (or ``hf auth login``; gated models such as Llama need the token of an account that
+accepted the licence), ``HF_HUB_OFFLINE``, ``HF_HUB_DISABLE_PROGRESS_BARS``. Some of them are read when
+``huggingface_hub`` is imported (:mod:`huggingface_hub.constants`). It writes each file under a temporary
+name, checks its size against the hub's, and retries a dropped connection from where it stopped (HTTP
+``Range``); it does not check a download's sha256. ``GPTLAB_HF_ENDPOINT``, gptlab's older setting, still
+works as an alias of ``HF_ENDPOINT``.
+
+A model whose files are all in the cache is returned without any request, so it loads offline; the
+cache is not checked for a newer revision (``hf cache rm`` and a new download get one).
 """
 
 from __future__ import annotations
@@ -20,12 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from gptlab.downloads import Expected, cache_dir, download_file, offline_errors, put_by_hand
 from gptlab.errors import GptlabError
 
 HUB_MODELS = {
@@ -47,186 +48,182 @@ HUB_MODELS = {
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
-MODEL_FILES = (CONFIG, WEIGHTS)  # what a single-file model needs
-# Fetched when the repository has them (a 404 is fine): what a tokenizer and generation defaults need.
-OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+# What snapshot_download fetches (fnmatch patterns on the repository's paths): the weights in safetensors
+# only, shards under transformers' names; a repository's other formats are gigabytes gptlab never reads.
+ALLOW_PATTERNS = [
+    CONFIG, WEIGHTS, WEIGHTS_INDEX, "model-*-of-*.safetensors",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    "generation_config.json",
+]
 TOKEN_ENV = "HF_TOKEN"
-_TIMEOUT_S = 30
-# A shard name from an index, kept to a plain file name: the index comes from the network and must not
-# name a path outside the model's folder.
-_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
+ENDPOINT_ALIAS_ENV = "GPTLAB_HF_ENDPOINT"
+# owner/name as the hub spells repository ids; huggingface_hub checks the finer rules itself.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_repo(name: str) -> str | None:
+    """The hub repository ``name`` stands for: a short name's (:data:`HUB_MODELS`), ``name`` itself when it
+    reads as ``owner/name``, else None. Callers check for a local folder of that name first."""
+    if name in HUB_MODELS:
+        return HUB_MODELS[name]
+    return name if _REPO_ID.fullmatch(name) else None
 
 
 def endpoint() -> str:
-    """The hub's base address (``$GPTLAB_HF_ENDPOINT`` or https://huggingface.co)."""
-    return os.environ.get("GPTLAB_HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    """The hub's address: ``$GPTLAB_HF_ENDPOINT`` if set, else huggingface_hub's (``$HF_ENDPOINT`` or
+    https://huggingface.co, as read when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get(ENDPOINT_ALIAS_ENV) or constants.ENDPOINT).rstrip("/")
 
 
-def model_dir(name: str) -> Path:
-    """Where hub model ``name`` lives in the cache."""
-    return cache_dir() / "hf" / name
+def hub_cache() -> Path:
+    """The hub cache huggingface_hub and transformers share (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
 
-
-def file_url(repo: str, filename: str) -> str:
-    """The hub's download address for one file of a repository's main branch."""
-    return f"{endpoint()}/{repo}/resolve/main/{filename}"
-
-
-def auth_headers() -> dict[str, str]:
-    """``Authorization: Bearer $HF_TOKEN`` when the token is set, else nothing."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Keep the first response: the hub puts a large file's size and sha256 on its redirect."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, D102
-        return None
-
-
-def _etag(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value.strip().removeprefix("W/").strip('"').lower()
-
-
-def _head(url: str):  # noqa: ANN202
-    """Headers of a HEAD request that does not follow redirects, and the redirect target (or None)."""
-    opener = urllib.request.build_opener(_NoRedirect)
-    request = urllib.request.Request(url, method="HEAD", headers={"Accept-Encoding": "identity"})
-    for key, value in auth_headers().items():
-        request.add_unredirected_header(key, value)
-    try:
-        response = opener.open(request, timeout=_TIMEOUT_S)
-        return response.headers, None
-    except urllib.error.HTTPError as exc:
-        if exc.code not in (301, 302, 303, 307, 308):
-            raise
-        return exc.headers, exc.headers.get("Location")
-
-
-def resolve(url: str) -> tuple[Expected, str]:
-    """Size and hashes of the file at ``url`` from the hub's headers, and the hub address to GET it from.
-
-    A large (LFS) file answers with a redirect to a storage host that carries ``X-Linked-Size`` and
-    ``X-Linked-Etag``; that first response is the one to read, and the download starts at the hub
-    (which signs the storage address). A redirect within the hub (a renamed repository, a cache path) is
-    followed, as ``huggingface_hub`` does, and the download starts where it leads, so that the token
-    goes along only to the hub.
-    """
-    for _ in range(5):
-        headers, location = _head(url)
-        if location is None or headers.get("X-Linked-Etag") or headers.get("X-Linked-Size"):
-            break
-        target = urllib.parse.urljoin(url, location)
-        if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
-            break  # a storage host: the hub's headers are all we get
-        url = target
-    linked = _etag(headers.get("X-Linked-Etag"))
-    etag = _etag(headers.get("ETag"))
-    announced = headers.get("X-Linked-Size") or (None if linked or location else headers.get("Content-Length"))
-    size = int(announced) if announced else None
-    if linked and re.fullmatch(r"[0-9a-f]{64}", linked):
-        return Expected(size, sha256=linked), url
-    if etag and re.fullmatch(r"[0-9a-f]{64}", etag):
-        return Expected(size, sha256=etag), url
-    if etag and re.fullmatch(r"[0-9a-f]{40}", etag):
-        return Expected(size, git_sha1=etag), url
-    return Expected(size), url
-
-
-def remote_info(url: str) -> Expected:
-    """Size and hashes of the file at ``url``, from the hub's response headers (see :func:`resolve`)."""
-    return resolve(url)[0]
-
-
-def _shards(index_path: Path) -> list[str]:
-    """The shard files a downloaded ``model.safetensors.index.json`` names, checked to be plain file names."""
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise GptlabError(f"{index_path}: not a valid weight index ({type(exc).__name__}: {exc})") from None
-    for shard in shards:
-        if not isinstance(shard, str) or not _SHARD_NAME.fullmatch(shard):
-            raise GptlabError(f"{index_path}: shard name {shard!r} is not a plain .safetensors file name")
-    if not shards:
-        raise GptlabError(f"{index_path}: the weight index names no shard")
-    return shards
-
-
-def _missing_weights(directory: Path) -> list[str] | None:
-    """Weight files still to download (``[]``: complete), or None when neither layout is started."""
-    if (directory / WEIGHTS).is_file():
-        return []
-    if (directory / WEIGHTS_INDEX).is_file():
-        return [s for s in _shards(directory / WEIGHTS_INDEX) if not (directory / s).is_file()]
-    return None
-
-
-class _Fetcher:
-    """Downloads the files of one repository into one folder, turning the hub's refusals into errors."""
-
-    def __init__(self, repo: str, directory: Path, progress: bool) -> None:
-        self.repo, self.directory, self.progress = repo, directory, progress
-
-    def fetch(self, filename: str, optional: bool = False) -> bool:
-        """Download ``filename`` into the folder; False if it is ``optional`` and the repository lacks it."""
-        try:
-            expected, url = resolve(file_url(self.repo, filename))
-            download_file(url, self.directory / filename, expected, source="the hub",
-                          progress=self.progress, headers=auth_headers())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404 and optional:
-                return False
-            if exc.code in (401, 403):
-                raise GptlabError(self._refused(filename, exc.code)) from None
-            if exc.code == 404:
-                raise GptlabError(f"{self.repo} has no {filename} on the hub ({endpoint()}/{self.repo}; HTTP 404)") from None
-            raise
-        return True
-
-    def _refused(self, filename: str, code: int) -> str:
-        page = f"{endpoint()}/{self.repo}"
-        if auth_headers():
-            return (f"the hub refused {filename} of {self.repo} (HTTP {code}) with the token in {TOKEN_ENV}: "
-                    f"accept the model's licence at {page} with that token's account, or check the token")
-        return (f"the hub refused {filename} of {self.repo} (HTTP {code}): the model is gated; accept its "
-                f"licence at {page}, then set {TOKEN_ENV} to an access token of that account")
+    return Path(constants.HF_HUB_CACHE)
 
 
 def ensure_model(name: str, download: bool = True, progress: bool = True) -> Path:
-    """The cache folder of hub model ``name`` with its config and weights, downloaded if missing.
+    """The snapshot folder of hub model ``name`` (a short name or ``owner/name``), downloaded if missing.
 
-    The optional files (:data:`OPTIONAL_FILES`) are fetched in the same pass, before the weights, so a
-    folder whose weights are complete has had them tried; a complete folder costs no request at all.
+    The folder holds ``config.json`` and the safetensors weights, plus the tokenizer and generation files
+    the repository has. A complete snapshot in the cache is returned with no request at all; otherwise,
+    with ``download``, :func:`huggingface_hub.snapshot_download` fetches what is missing, with its
+    progress bars when ``progress``. Every failure (offline, gated, no such repository) is one
+    :class:`GptlabError` line.
     """
-    repo = HUB_MODELS[name]
-    directory = model_dir(name)
-    missing = _missing_weights(directory)
-    if (directory / CONFIG).is_file() and missing == []:
-        return directory
-    how = put_by_hand(f"{' and '.join(MODEL_FILES)} (or {WEIGHTS_INDEX} and its shards) into {directory}",
-                      f"{endpoint()}/{repo}", f"hf/{name}/")
-    how += " (or pass a folder that holds them)"
-    if not download:
-        raise GptlabError(f"model {name!r} is not in the cache; {how}")
-    fetcher = _Fetcher(repo, directory, progress)
-    with offline_errors(f"the files of {name!r}", f"from {endpoint()}", f"offline, {how}"):
-        if not (directory / CONFIG).is_file():
-            fetcher.fetch(CONFIG)
-        for filename in OPTIONAL_FILES:
-            if not (directory / filename).is_file():
-                fetcher.fetch(filename, optional=True)
-        if missing is None:
-            # One file, or (a 404 for it) an index naming the shards.
-            if fetcher.fetch(WEIGHTS, optional=True):
-                return directory
-            if not fetcher.fetch(WEIGHTS_INDEX, optional=True):
-                raise GptlabError(f"{repo} has neither {WEIGHTS} nor {WEIGHTS_INDEX} on the hub "
-                                  "(gptlab downloads safetensors weights only)")
-            missing = _missing_weights(directory) or []
-        for shard in missing:
-            fetcher.fetch(shard)
-    return directory
+    repo = hub_repo(name)
+    if repo is None:
+        raise GptlabError(f"model {name!r}: not a hub name ({', '.join(HUB_MODELS)}) nor a repository id owner/name")
+    label = repr(name) if name == repo else f"{name!r} ({repo})"
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        folder = _cached_snapshot(repo) or (_download(repo, progress) if download else None)
+    except (OSError, HFValidationError, *_client_errors()) as exc:  # OSError: all of huggingface_hub's hub errors
+        raise GptlabError(_explain(exc, label, repo)) from None
+    if folder is None:
+        raise GptlabError(_not_cached(label, "and gptlab was asked not to download it"))
+    missing = _missing(folder)
+    if WEIGHTS in missing:
+        raise GptlabError(f"{repo} has neither {WEIGHTS} nor {WEIGHTS_INDEX} on the hub "
+                          "(gptlab downloads safetensors weights only)")
+    if missing:
+        raise GptlabError(f"{repo}: {', '.join(missing)} not downloaded from the hub; gptlab fetches only "
+                          f"{', '.join(ALLOW_PATTERNS)}")
+    return folder
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The cached snapshot of ``repo``'s main branch when it holds every file gptlab needs, else None.
+
+    A snapshot can be partial even when huggingface_hub returns it: ``transformers`` may have fetched
+    only ``config.json`` into it, and huggingface_hub checks completeness only against a file listing
+    it saved itself.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+    return folder if not _missing(folder) else None
+
+
+def _download(repo: str, progress: bool) -> Path:
+    """Fetch :data:`ALLOW_PATTERNS` of ``repo``'s main branch into the hub cache; its snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    alias = os.environ.get(ENDPOINT_ALIAS_ENV) or None  # None: huggingface_hub's own HF_ENDPOINT
+    return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS, endpoint=alias,
+                                  tqdm_class=None if progress else _quiet_tqdm()))
+
+
+def _quiet_tqdm() -> type:
+    """huggingface_hub's tqdm, always disabled: its bars off for one call, without the global switch."""
+    from huggingface_hub.utils import tqdm
+
+    class Quiet(tqdm):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - tqdm's own signature
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Quiet
+
+
+def _missing(folder: Path) -> list[str]:
+    """The files gptlab needs that ``folder`` lacks: ``config.json``, and ``model.safetensors`` or else
+    every shard ``model.safetensors.index.json`` names (with neither file, ``model.safetensors`` is listed)."""
+    missing = [] if (folder / CONFIG).is_file() else [CONFIG]
+    if (folder / WEIGHTS).is_file():
+        return missing
+    index = folder / WEIGHTS_INDEX
+    if not index.is_file():
+        return [*missing, WEIGHTS]
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise GptlabError(f"{index}: not a valid weight index ({type(exc).__name__}: {exc})") from None
+    return missing + [s for s in shards if not isinstance(s, str) or not (folder / s).is_file()]
+
+
+def _client_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's own errors, which huggingface_hub lets through when a connection stays lost
+    through its retries: httpx2's (huggingface_hub 2.x) or httpx's (1.x); requests' (0.x) are OSErrors."""
+    import importlib
+
+    errors = []
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).HTTPError)
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
+def _not_cached(label: str, why: str) -> str:
+    """The line for a model missing from the cache that cannot be downloaded now."""
+    return (f"model {label} is not in the cache {hub_cache()} {why}; download it online (without "
+            "HF_HUB_OFFLINE), or set HF_HOME or HF_HUB_CACHE to a hub cache that holds it")
+
+
+def _explain(exc: Exception, label: str, repo: str) -> str:
+    """One line for a failed hub look-up or download (an error :func:`ensure_model` catches):
+    huggingface_hub's own messages run over several lines and speak of its arguments; these say what to do."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    page = f"{endpoint()}/{repo}"
+    if isinstance(exc, GatedRepoError):
+        if get_token():
+            return (f"the hub refused the gated model {label} to the token it was sent ({TOKEN_ENV} or "
+                    f"`hf auth login`): accept the model's licence at {page} with that token's account")
+        return (f"model {label} is gated: accept its licence at {page}, then set {TOKEN_ENV} to an access "
+                "token of that account")
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"model {label}: no repository {repo} on the hub ({page}), nor a local folder of that name; "
+                f"a private repository needs {TOKEN_ENV}")
+    if isinstance(exc, LocalEntryNotFoundError):  # offline, or the hub out of reach, and nothing cached
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub ({endpoint()}) cannot be reached"
+        return _not_cached(label, f"and {why}")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        return f"the hub refused model {label} (HTTP {status} from {page})"
+    if isinstance(exc, HFValidationError):
+        return f"model {label}: not a valid hub repository id ({_first_line(exc)})"
+    # What is left: a size that does not match the hub's, a full disk, a connection lost for good.
+    return f"cannot download model {label} from {page} into {hub_cache()} ({_first_line(exc)})"
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message (huggingface_hub's run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

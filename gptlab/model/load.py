@@ -13,7 +13,7 @@ from gptlab.errors import GptlabError
 from gptlab.model.config import PRESETS, GPTConfig
 from gptlab.model.gpt import GPT
 from gptlab.model.hf import read_config, resolve_model_dir
-from gptlab.model.hub import HUB_MODELS
+from gptlab.model.hub import HUB_MODELS, hub_repo
 from gptlab.model.quantize import DEFAULT_GROUP_SIZE, check_mode, load_quantized, quantization_of, quantize_model
 from gptlab.model.run_folder import is_run_dir, load_run
 from gptlab.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
@@ -30,10 +30,11 @@ def load_model(
 
     Order: a folder written by ``gptlab pretrain`` (its best checkpoint and its own tokenizer); a
     ``.gguf`` file (llama.cpp's format: its weights, dequantized, and its vocabulary); another
-    existing folder (its exported tokenizer, else GPT-2's); a hub name (``gpt2``, ``qwen3-0.6b``, ...:
-    pretrained weights, downloaded into the cache once); another preset name (``gpt-nano`` ...: randomly
-    initialised from ``seed``, useful to try the pipeline). Both are worked out here, once, so that every
-    caller pairs a model with the same tokenizer. The model is returned in eval mode.
+    existing folder (its exported tokenizer, else GPT-2's); a hub name (``gpt2``, ``qwen3-0.6b``, ...) or
+    repository id (``Qwen/Qwen3-0.6B``): pretrained weights, downloaded into the hub cache once; another
+    preset name (``gpt-nano`` ...: randomly initialised from ``seed``, useful to try the pipeline). Both
+    are worked out here, once, so that every caller pairs a model with the same tokenizer. The model is
+    returned in eval mode.
 
     ``quantize`` (``int8`` or ``int4``, in groups of ``group_size``) replaces the linear layers by
     weight-only quantized ones (:mod:`gptlab.model.quantize`); a folder written by ``gptlab quantize``
@@ -55,8 +56,8 @@ def load_model(
         from gptlab.model.gguf_import import load_gguf  # imports the gguf package only when needed
 
         model, tok = load_gguf(path, dtype=dtype)
-    elif path.is_dir() or name in HUB_MODELS:
-        directory = resolve_model_dir(spec)  # a hub name is downloaded into the cache here, once
+    elif path.is_dir() or hub_repo(name) is not None:  # a hub name or an owner/name repository id
+        directory = resolve_model_dir(spec)  # a hub model is downloaded into the hub cache here, once
         tok = _folder_tokenizer(directory, read_config(directory))
         model = GPT.from_pretrained(directory, dtype=dtype)
     elif name in PRESETS:
@@ -67,7 +68,8 @@ def load_model(
         tok = gpt2_tokenizer()  # the presets keep GPT-2's vocabulary
     else:
         raise GptlabError(
-            f"--model {name!r}: not a model folder or .gguf file, nor a hub name ({', '.join(HUB_MODELS)}), "
+            f"--model {name!r}: not a model folder or .gguf file, nor a hub name ({', '.join(HUB_MODELS)}) "
+            "or repository id owner/name, "
             f"nor a preset ({', '.join(PRESETS)})"
         )
     if tok.n_vocab > model.cfg.vocab_size:

@@ -60,6 +60,22 @@ class SamplingParams(SamplingConfig):
     ignore_eos: bool = False
     # Token ids that end this request besides the engine's own (a chat template's end-of-turn token).
     stop_ids: tuple[int, ...] = ()
+    # Log-probabilities: None for none; k >= 0 reports each generated token's log-probability and the
+    # k most likely alternatives at its position (OpenAI's ``logprobs``). They are the model's own
+    # distribution, before temperature and top_p (as vLLM and OpenAI report them).
+    logprobs: int | None = None
+    # Also score the prompt (OpenAI's ``echo`` with ``logprobs``): one prefill over every position. With
+    # it, ``max_tokens`` may be 0: the prompt is scored and nothing is generated.
+    prompt_logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability, and the ``top`` most likely tokens at its position (id, logprob)."""
+
+    id: int
+    logprob: float | None  # None for a prompt's first token: nothing predicts it
+    top: tuple[tuple[int, float], ...] = ()
 
 
 class ContextLengthExceeded(GptlabError):
@@ -89,14 +105,20 @@ def check_fits(n_prompt: int, max_tokens: int, context_length: int) -> None:
 
 @dataclass
 class Event:
-    """What a request's queue receives: ``text`` pieces, then one ``done`` (or ``error``)."""
+    """What a request's queue receives: ``text`` pieces, then one ``done`` (or ``error``).
 
-    kind: str  # "text", "done" or "error"
+    With ``prompt_logprobs``, a ``prompt`` event comes first, carrying the prompt's scores. With
+    ``logprobs``, each ``text`` event carries the tokens generated since the previous one (a piece of
+    text may take several tokens, and a token's bytes may wait for the next to complete a character).
+    """
+
+    kind: str  # "prompt", "text", "done" or "error"
     tag: int = 0
     text: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 _ids = itertools.count(1)
@@ -110,6 +132,8 @@ class Request:
     params: SamplingParams
     events: queue.Queue
     tag: int = 0
+    # Requests of one group (e.g. the prompts of one HTTP request) share the engine's per-group cap.
+    group: object = None
     id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] = field(default_factory=list)  # generated ids (EOS not included)
     completion_tokens: int = 0
@@ -117,6 +141,7 @@ class Request:
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _stream: TextStream | None = None
     _generator: torch.Generator | None = None
+    _scores: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet sent with a text event
 
     def cancel(self) -> None:
         """Stop generating (e.g. the client disconnected); the slot is freed before the next step."""
@@ -143,6 +168,11 @@ class Engine:
     ``compile`` runs the decode steps through :func:`gptlab.model.compiled.compiled_decode_step`;
     :meth:`start` compiles them first (:meth:`warm_up`), so the engine is fast from its first request.
     If compiling fails, the engine warns and decodes with the eager model.
+
+    Fairness: the sequences of one group (one HTTP request's prompts) hold at most ``max_per_group``
+    slots at once (default: half the slots, at least 1), and a free slot goes to the waiting group
+    that holds the fewest, oldest first. So one request with 64 prompts cannot starve a one-prompt
+    request behind it, and two busy clients share the slots evenly.
     """
 
     def __init__(
@@ -153,9 +183,12 @@ class Engine:
         eos_id: int | Sequence[int] | None = -1,
         max_context: int | None = None,
         compile: bool = False,
+        max_per_group: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise GptlabError(f"max_batch must be a positive integer, got {max_batch}")
+        if max_per_group is not None and max_per_group < 1:
+            raise GptlabError(f"max_per_group must be a positive integer, got {max_per_group}")
         if max_context is not None and (not isinstance(max_context, int) or max_context < 2):
             raise GptlabError(f"max_context must be an integer >= 2 (a prompt token and one more), got {max_context!r}")
         self.model = model.eval()
@@ -165,6 +198,7 @@ class Engine:
         limit = DEFAULT_MAX_CONTEXT if max_context is None else max_context
         self.context_length = min(model.cfg.context_length, limit)
         self.max_batch = max_batch
+        self.max_per_group = min(max_batch, max_per_group or max(1, max_batch // 2))
         if isinstance(eos_id, int):
             ends: tuple[int, ...] = tuple(tokenizer.stop_ids) if eos_id == -1 else (eos_id,)
         else:
@@ -232,11 +266,14 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
-        """Raise :class:`GptlabError` unless a prompt of ``n_prompt`` tokens plus ``max_tokens`` fits the context."""
+    def check_fits(self, n_prompt: int, max_tokens: int, score_only: bool = False) -> None:
+        """Raise :class:`GptlabError` unless a prompt of ``n_prompt`` tokens plus ``max_tokens`` fits the context.
+
+        ``score_only`` (a request that scores its prompt) allows ``max_tokens`` 0.
+        """
         if n_prompt < 1:
             raise GptlabError("the prompt has no tokens")
-        if max_tokens < 1:
+        if max_tokens < (0 if score_only else 1):
             raise GptlabError(f"max_tokens must be >= 1, got {max_tokens}")
         check_fits(n_prompt, max_tokens, self.context_length)
 
@@ -246,13 +283,19 @@ class Engine:
         params: SamplingParams,
         events: queue.Queue | None = None,
         tag: int = 0,
+        group: object = None,
     ) -> Request:
-        """Queue a request; its :class:`Event` s arrive on ``events`` (a new queue by default), tagged ``tag``."""
+        """Queue a request; its :class:`Event` s arrive on ``events`` (a new queue by default), tagged ``tag``.
+
+        ``events`` may be anything with a ``put`` method (the HTTP server hands events to its event loop).
+        Requests submitted with the same ``group`` share the per-group slot cap (None: a group of its own).
+        """
         prompt = [int(t) for t in prompt]
-        self.check_fits(len(prompt), params.max_tokens)
+        self.check_fits(len(prompt), params.max_tokens, params.prompt_logprobs)
         if self._stopping or self.error is not None or (self._thread is not None and not self.alive):
             raise RuntimeError("the generation engine has stopped")
         req = Request(prompt, params, events if events is not None else queue.Queue(), tag)
+        req.group = group if group is not None else req
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         req._generator = torch.Generator(device=self.device).manual_seed(seed)
         req._stream = TextStream(self.tokenizer, params.stop)
@@ -295,9 +338,7 @@ class Engine:
                             self._cv.wait()
                         if self._stopping:
                             return
-                        admitted = []
-                        while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
-                            admitted.append(self._waiting.popleft())
+                        admitted = self._admit(self.max_batch - len(self._rows))
                     self._drop_cancelled()
                     for req in admitted:
                         if req.cancelled:
@@ -326,16 +367,71 @@ class Engine:
             traceback.print_exc()
             self._fail_all(f"the generation engine stopped: {exc}")
 
+    def _admit(self, free: int) -> list[Request]:
+        """Take up to ``free`` waiting requests (under the lock): the group holding fewest slots first.
+
+        A group at :attr:`max_per_group` waits; its requests keep their place in the queue. Ties go
+        to the oldest request, so single requests are served in arrival order.
+        """
+        # Only the scheduler thread changes the rows, and it is the caller: counting them here is safe.
+        held: dict[object, int] = {}
+        for req in self._rows:
+            held[req.group] = held.get(req.group, 0) + 1
+        admitted: list[Request] = []
+        while free > 0 and self._waiting:
+            best, best_held = None, self.max_per_group
+            for req in self._waiting:
+                n = held.get(req.group, 0)
+                if n < best_held:
+                    best, best_held = req, n
+                    if n == 0:
+                        break
+            if best is None:
+                break
+            self._waiting.remove(best)
+            held[best.group] = best_held + 1
+            admitted.append(best)
+            free -= 1
+        return admitted
+
     def _prefill(self, req: Request) -> None:
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
         tmp = KVCache.for_model(self.model, 1, max_len=len(req.prompt))
-        logits = self.model(ids, kv_cache=tmp, last_only=True)[:, -1, :]
+        if req.params.prompt_logprobs:
+            # Every position's logits: position i scores prompt token i + 1.
+            all_logits = self.model(ids, kv_cache=tmp)[0]
+            scores = [TokenLogprob(req.prompt[0], None)]
+            scores += self._score_tokens(all_logits[:-1], req.prompt[1:], req.params.logprobs or 0)
+            req.events.put(Event("prompt", req.tag, logprobs=scores))
+            if req.params.max_tokens == 0:
+                self._finish(req, "length")
+                return
+            logits = all_logits[-1:]
+        else:
+            logits = self.model(ids, kv_cache=tmp, last_only=True)[:, -1, :]
         token = self._sample([req], logits)[0]
         if self._emit(req, token):
             return  # finished on its first token: never needs a slot
         self.cache.add(tmp)
         self._rows.append(req)
         self._pending.append(token)
+
+    def _score_tokens(self, logits: torch.Tensor, tokens: Sequence[int], k: int) -> list[TokenLogprob]:
+        """Log-probability of ``tokens[i]`` under ``logits[i]``, with the ``k`` most likely tokens there."""
+        if not tokens:
+            return []
+        logits = logits.float()
+        if self._n_vocab is not None:
+            logits = logits.clone()
+            logits[:, self._n_vocab :] = float("-inf")
+        lp = torch.log_softmax(logits, dim=-1)
+        chosen = lp.gather(1, torch.tensor(list(tokens), device=lp.device).unsqueeze(1)).squeeze(1).tolist()
+        if k > 0:
+            values, ids = lp.topk(k, dim=-1)
+            tops = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+        else:
+            tops = [()] * len(chosen)
+        return [TokenLogprob(int(t), c, top) for t, c, top in zip(tokens, chosen, tops)]
 
     def _decode_step(self) -> None:
         cache = self.cache
@@ -426,6 +522,9 @@ class Engine:
         for r, req in enumerate(reqs):
             if req.params.temperature > 0.0:
                 out[r] = int(req.params.sample(logits[r : r + 1], req._generator)[0])
+        for r, req in enumerate(reqs):
+            if req.params.logprobs is not None:
+                req._scores.extend(self._score_tokens(logits[r : r + 1], [out[r]], req.params.logprobs))
         return out
 
     def _emit(self, req: Request, token: int) -> bool:
@@ -436,12 +535,13 @@ class Engine:
             self._finish(req, "cancelled")
             return True
         if not req.params.ignore_eos and (token in self.stop_ids or token in req.params.stop_ids):
+            req._scores.clear()  # the end token is not part of the answer, nor are its scores
             self._finish(req, "stop")
             return True
         req.tokens.append(token)
         text = req._stream.feed(token)
         if text:
-            req.events.put(Event("text", req.tag, text))
+            req.events.put(Event("text", req.tag, text, logprobs=self._take_scores(req)))
         if req._stream.stopped:
             self._finish(req, "stop")
             return True
@@ -456,11 +556,19 @@ class Engine:
             self.cancelled += 1
         else:
             tail = req._stream.finish()
-            if tail:
-                req.events.put(Event("text", req.tag, tail))
+            if tail or req._scores:
+                req.events.put(Event("text", req.tag, tail, logprobs=self._take_scores(req)))
         self.requests_done += 1
         req.events.put(Event("done", req.tag, finish_reason=reason, prompt_tokens=len(req.prompt),
                              completion_tokens=req.completion_tokens))
+
+    @staticmethod
+    def _take_scores(req: Request) -> list[TokenLogprob] | None:
+        """The logprobs gathered since the last text event (None when the request asked for none)."""
+        if req.params.logprobs is None:
+            return None
+        scores, req._scores = req._scores, []
+        return scores
 
     def _drop_cancelled(self) -> None:
         for r in range(len(self._rows) - 1, -1, -1):

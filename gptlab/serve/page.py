@@ -46,7 +46,7 @@ _PAGE = """<!doctype html>
 <header>
   <h1>gptlab chat &middot; <span id="model">__MODEL__</span></h1>
   <label>temperature <input id="temperature" type="number" min="0" max="2" step="0.1" value="0.7"></label>
-  <label>max tokens <input id="max-tokens" type="number" min="1" step="1" value="128"></label>
+  <label>max tokens <input id="max-tokens" type="number" min="1" max="__MAX_ANSWER__" step="1" value="__DEFAULT_ANSWER__"></label>
   <label>API key <input id="api-key" type="password" placeholder="(none)" autocomplete="off"></label>
   <button id="reset" class="secondary" type="button">New chat</button>
 </header>
@@ -97,7 +97,7 @@ async function send(text) {
         method: "POST", headers, signal: controller.signal,
         body: JSON.stringify({
           model: $("model").textContent, messages: conversation, stream: true,
-          temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+          temperature: Number($("temperature").value), max_tokens: Math.max(1, Math.min(Number($("max-tokens").value), __MAX_ANSWER__)),
         }),
       });
       if (res.ok) break;
@@ -172,6 +172,14 @@ $("reset").addEventListener("click", () => {
 """
 
 
-def chat_page(model_name: str) -> str:
-    """The page's HTML, with the served model's name filled in."""
-    return _PAGE.replace("__MODEL__", html.escape(model_name))
+def chat_page(model_name: str, context_length: int = 1024) -> str:
+    """The page's HTML, with the served model's name and answer lengths that fit its context filled in.
+
+    An answer may take at most ``context_length - 1`` tokens (the prompt needs one); the default is
+    128 tokens, or half the context when that is shorter, so a short-context model leaves room for
+    the conversation.
+    """
+    longest = max(1, context_length - 1)
+    default = max(1, min(128, context_length // 2))
+    return (_PAGE.replace("__MODEL__", html.escape(model_name)).replace("__MAX_ANSWER__", str(longest))
+            .replace("__DEFAULT_ANSWER__", str(default)))

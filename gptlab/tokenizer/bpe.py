@@ -176,6 +176,9 @@ class BPETokenizer(Tokenizer):
             if tok.id in self._decoder and not explicit_added:
                 raise GptlabError(f"special token {tok.content!r} has id {tok.id}, which an ordinary token already uses")
             self._decoder[tok.id] = tok.content.encode("utf-8")
+        # Computed once: the vocabulary is fixed from here on, and callers (the server per request, the
+        # evaluation harness per batch) read n_vocab often; max() over 150k ids takes milliseconds.
+        self._n_vocab = max(self._decoder) + 1
         # Added tokens need their own matcher when some are not special (they always match), carry
         # flags, or are matched after normalization; otherwise the base class's special-token split does.
         needs_matcher = any(not t.special or t.lstrip or t.rstrip or t.single_word for t in self.added_tokens) or (
@@ -274,7 +277,7 @@ class BPETokenizer(Tokenizer):
 
     @property
     def n_vocab(self) -> int:
-        return max(self._decoder) + 1
+        return self._n_vocab
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` with no special-token handling (its text is encoded as ordinary text).

@@ -18,6 +18,10 @@ def test_run_benchmark_counts_every_token():
     assert result.ours > 0 and result.reference > 0 and result.target == TARGET
     assert result.ratio == pytest.approx(result.ours / result.reference)
     assert setup["peak_batch"] >= 2 and setup["stream"] is True
+    o = setup["overhead"]
+    assert o["http_ms"] > 0 and o["engine_ms"] > 0 and o["overhead_ms"] == pytest.approx(o["http_ms"] - o["engine_ms"],
+                                                                                         abs=1e-2)
+    assert o["met"] == (o["overhead_ms"] < o["target_ms"])
 
 
 def test_cli_json_and_bad_flags(capsys):

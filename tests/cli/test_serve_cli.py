@@ -49,13 +49,21 @@ def test_help_and_bad_flags(capsys):
     assert "--max-tokens must be >= 1" in capsys.readouterr().err
     assert main(["serve", "--model", "no-such-model", "--port", "0"]) == 2
     assert "not a model folder" in capsys.readouterr().err
+    # An empty key would mean "no authentication" without saying so.
+    assert main(["serve", "--model", "gpt-nano", "--api-key", ""]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key" in err and "empty" in err and len(err.strip().splitlines()) == 1
+    assert main(["serve", "--model", "gpt-nano", "--shutdown-timeout", "nan"]) == 2
+    assert "--shutdown-timeout" in capsys.readouterr().err
 
 
 def test_serve_process(model_dir):
-    """Starts on a free port (printing its URL), binds loopback, answers, and stops cleanly on SIGTERM."""
+    """Starts on a free port (printing its URL), binds loopback, answers, logs one line per request without
+    bodies or tracebacks (a client vanishing mid-stream included), and stops cleanly on SIGTERM (exit 0)."""
     proc = subprocess.Popen(_gptlab("serve", "--model", str(model_dir), "--port", "0", "--threads", "1",
-                                    "--api-key", "k1"),
+                                    "--api-key", "k1", "--access-log", "json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    code = None
     try:
         line = proc.stdout.readline()
         assert " at http://127.0.0.1:" in line, line + proc.stderr.read()
@@ -71,6 +79,25 @@ def test_serve_process(model_dir):
         with urllib.request.urlopen(request, timeout=30) as resp:
             body = json.loads(resp.read())
         assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 5
+        # A streaming client that reads one chunk and hangs up.
+        import socket
+
+        host, port = url[len("http://"):].split(":")
+        secret = "do-not-log-this-prompt"
+        payload = json.dumps({"prompt": secret, "max_tokens": 50, "stream": True, "ignore_eos": True}).encode()
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer k1\r\nContent-Length: %d\r\n\r\n%s"
+                     % (host.encode(), len(payload), payload))
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        sock.close()
+        time.sleep(0.5)
+        # SIGTERM while a stream is being read: it still ends properly, and the process exits 0.
+        stream = urllib.request.urlopen(urllib.request.Request(
+            url + "/v1/completions", method="POST",
+            data=json.dumps({"prompt": "x", "max_tokens": 60, "stream": True, "ignore_eos": True}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k1"}), timeout=30)
+        assert stream.readline().startswith(b"data: ")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -78,7 +105,15 @@ def test_serve_process(model_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert code == 0
+        err = proc.stderr.read()
+    assert stream.read().rstrip().endswith(b"data: [DONE]")
+    assert code == 0, err
+    assert "Traceback" not in err and secret not in err, err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    chat = [r for r in lines if r["path"] == "/v1/chat/completions"]
+    assert len(chat) == 1 and chat[0]["status"] == 200 and chat[0]["method"] == "POST"
+    assert chat[0]["completion_tokens"] == body["usage"]["completion_tokens"] and chat[0]["latency_s"] > 0
+    assert [r["path"] for r in lines].count("/health") == 1
 
 
 def test_chat_process(model_dir):

@@ -1,164 +1,195 @@
-"""Hub downloads against a local stand-in for the hub (loopback only, no network)."""
+"""Model downloads through huggingface_hub, against a local stand-in for the hub (loopback only, no network).
+
+The stand-in answers what ``huggingface_hub.snapshot_download`` (2.x) asks: the model info
+(``/api/models/{repo}/revision/{rev}``, for the commit), the file listing
+(``/api/models/{repo}/tree/{commit}``), then a HEAD of ``/{repo}/resolve/{commit}/{file}`` per file (small
+files: 200 with a git-sha1 ``ETag``; large ones: a redirect to a second server, the "storage host",
+carrying ``X-Linked-Etag`` / ``X-Linked-Size``) and the GETs. It advertises no Xet storage (no
+``X-Xet-Hash`` header, no ``xetHash`` in the listing), so plain HTTP is used.
+
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` when it is imported, so
+the tests set the attributes of ``huggingface_hub.constants`` it reads them from; one test runs a fresh
+interpreter to check the environment variables themselves.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import http.server
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
 
+# Imported here, not inside a test: huggingface_hub's log handler keeps the sys.stderr it finds when
+# its modules load, which would be a test's capture, closed after that test.
+from huggingface_hub import constants, hf_hub_download
+
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.model import hub
+from gptlab.model.load import load_model
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LFS_SUFFIXES = (".safetensors", ".bin")  # served as the hub serves LFS files: through the storage host
 
 
-class _Hub(http.server.BaseHTTPRequestHandler):
-    """Serves /{repo}/resolve/main/{file} like the hub: small files through a redirect within the hub
-    (to /api/resolve-cache/...) then with a git-sha1 ETag; large ones through a redirect to a storage
-    path that carries X-Linked-Size / X-Linked-Etag (sha256); Range requests honoured."""
+@dataclass
+class _State:
+    """What both servers serve and what they saw."""
 
-    files: dict[str, bytes] = {}
-    bad_sha: str | None = None  # a file whose announced hash is wrong
-    requests: list[tuple[str, str, str | None]] = []
-    token: str | None = None  # a gated repository: the hub's own paths want "Bearer {token}"
-    auth: list[tuple[str, str | None]] = []  # (path, Authorization header) of every request
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    gated: dict[str, str] = field(default_factory=dict)  # repo -> the token its files need
+    short: set[str] = field(default_factory=set)  # files the storage host sends one byte short
+    drop_once: set[str] = field(default_factory=set)  # files whose first GET is cut in the middle
+    # (server, method, path, headers with lowercase names) of every request
+    requests: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
+    storage: str = ""  # the storage host's address
 
-    def _refused(self) -> bool:
-        """Answer 404 for a file the repository lacks, 401/403 for a gated one without the right token."""
-        self.auth.append((self.path, self.headers.get("Authorization")))
-        if self.token and not self.path.startswith("/cdn/"):
-            sent = self.headers.get("Authorization")
-            if sent != f"Bearer {self.token}":
-                self.send_response(401 if sent is None else 403)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return True
-        if Path(self.path).name not in self.files:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return True
-        return False
 
-    def log_message(self, *args):  # keep pytest output clean
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Base of both servers: records every request, answers with headers and an optional body."""
+
+    role = ""
+
+    def log_message(self, *args) -> None:  # noqa: ANN002 - keep pytest's output clean
         pass
 
-    def _meta(self, name: str) -> None:
-        data = self.files[name]
-        if name.endswith(".safetensors"):
-            sha = hashlib.sha256(data + (b"x" if self.bad_sha == name else b"")).hexdigest()
-            self.send_response(302)
-            self.send_header("Location", f"/cdn/{name}")
-            self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("X-Linked-Etag", f'"{sha}"')
-            self.send_header("Content-Length", "0")
-        elif "/resolve/" in self.path:
-            self.send_response(307)
-            self.send_header("Location", f"/api/resolve-cache/models/x/abc/{name}")
-            self.send_header("Content-Length", "0")
-        else:
-            self.send_response(200)
-            blob = data + (b"x" if self.bad_sha == name else b"")
-            self.send_header("ETag", '"%s"' % hashlib.sha1(b"blob %d\0" % len(data) + blob).hexdigest())
-            self.send_header("Content-Length", str(len(data)))
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._record()
+        self.handle_request(head=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._record()
+        self.handle_request(head=False)
+
+    def _record(self) -> None:
+        headers = {key.lower(): value for key, value in self.headers.items()}  # httpx sends them lowercase
+        self.server.state.requests.append((self.role, self.command, self.path, headers))
+
+    def reply(self, code: int, body: bytes = b"", head: bool = False, **headers: str) -> None:
+        self.send_response(code)
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
-    def do_HEAD(self):  # noqa: N802
-        self.requests.append(("HEAD", self.path, None))
-        if not self._refused():
-            self._meta(Path(self.path).name)
 
-    def do_GET(self):  # noqa: N802
-        self.requests.append(("GET", self.path, self.headers.get("Range")))
-        if self._refused():
-            return
-        name = Path(self.path).name
-        if "/resolve/main/" in self.path:
-            return self._meta(name)  # the redirects
-        data = self.files[name]
-        start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
-            self.send_response(206)
+def _git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class _Hub(_Handler):
+    role = "hub"
+
+    def handle_request(self, head: bool) -> None:
+        state = self.server.state
+        path = urlsplit(self.path).path
+        route = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)|/([^/]+/[^/]+)/resolve/([^/]+)/(.+)",
+                             path)
+        repo = route and (route[1] or route[4])
+        if repo not in state.repos:  # the hub answers 401 for a repository it does not show
+            return self.reply(401, head=head, X_Error_Code="RepoNotFound")
+        files = state.repos[repo]
+        if route[2] == "revision":
+            info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": name} for name in files]}
+            return self.reply(200, json.dumps(info).encode(), head, Content_Type="application/json")
+        if route[2] == "tree":
+            return self.reply(200, json.dumps([_tree_entry(n, d) for n, d in files.items()]).encode(), head,
+                              Content_Type="application/json")
+        name = route[6]
+        token = state.gated.get(repo)
+        if token and self.headers.get("Authorization") != f"Bearer {token}":
+            code = 401 if self.headers.get("Authorization") is None else 403
+            return self.reply(code, head=head, X_Error_Code="GatedRepo", X_Error_Message="Access restricted")
+        if name not in files:
+            return self.reply(404, head=head, X_Error_Code="EntryNotFound", X_Repo_Commit=COMMIT)
+        data = files[name]
+        if name.endswith(LFS_SUFFIXES):
+            return self.reply(302, head=head, Location=f"{state.storage}/{repo}/{name}", X_Repo_Commit=COMMIT,
+                              X_Linked_Etag=f'"{hashlib.sha256(data).hexdigest()}"', X_Linked_Size=str(len(data)))
+        self.reply(200, data, head, ETag=f'"{_git_sha1(data)}"', X_Repo_Commit=COMMIT)
+
+
+def _tree_entry(name: str, data: bytes) -> dict:
+    entry = {"type": "file", "path": name, "size": len(data), "oid": _git_sha1(data)}
+    if name.endswith(LFS_SUFFIXES):
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    return entry
+
+
+class _Storage(_Handler):
+    """The storage host large files redirect to: GET with Range, and the faults the tests ask for."""
+
+    role = "storage"
+
+    def handle_request(self, head: bool) -> None:
+        state = self.server.state
+        repo, name = self.path.lstrip("/").rsplit("/", 1)
+        data = state.repos[repo][name]
+        if name in state.short:
+            return self.reply(200, data[:-1], head)
+        start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
+        if name in state.drop_once:  # half the body, then the connection goes
+            state.drop_once.discard(name)
+            self.wfile.write(data[start:len(data) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(data[start:])
 
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
+    """Both servers, and huggingface_hub pointed at them with its cache in ``tmp_path/hf/hub``."""
+    state = _State()
+    servers = []
+    for handler in (_Hub, _Storage):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.state = state
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+    url = f"http://127.0.0.1:{servers[0].server_address[1]}"
+    state.storage = f"http://127.0.0.1:{servers[1].server_address[1]}"
+    home = tmp_path / "hf"
+    # What huggingface_hub read from HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE at its import.
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))  # no `hf auth login` token of the user's
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "GPTLAB_HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    state.url, state.cache, state.servers = url, home / "hub", servers
+    yield state
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _tiny_gpt2(folder: Path) -> dict[str, bytes]:
+    """A tiny GPT-2-format checkpoint (GPT-2's vocabulary, so that load_model pairs it with GPT-2's
+    tokenizer) and the repository files that hold it, with weights in formats gptlab must not fetch."""
     torch.manual_seed(0)
-    src = tmp_path / "src"
-    GPT(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1, qkv_bias=True, tie_weights=True)).save_pretrained(src)
-    _Hub.files = {f: (src / f).read_bytes() for f in hub.MODEL_FILES}
-    _Hub.bad_sha = None
-    _Hub.requests = []
-    _Hub.token = None
-    _Hub.auth = []
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("GPTLAB_HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("GPTLAB_DATA_DIR", str(tmp_path / "cache"))
-    yield _Hub
-    server.shutdown()
-
-
-def test_download_verify_and_load(fake_hub, tmp_path):
-    model = GPT.from_pretrained("gpt2")
-    folder = tmp_path / "cache" / "hf" / "gpt2"
-    for name, data in fake_hub.files.items():
-        assert (folder / name).read_bytes() == data
-    assert not list(folder.glob("*.part"))
-    assert model.cfg.emb_dim == 16
-    assert any(p == "/openai-community/gpt2/resolve/main/model.safetensors" for _, p, _ in fake_hub.requests)
-    assert ("HEAD", "/api/resolve-cache/models/x/abc/config.json", None) in fake_hub.requests  # followed
-    # Second time: from the cache, no request at all.
-    fake_hub.requests.clear()
-    GPT.from_pretrained("gpt2")
-    assert fake_hub.requests == []
-
-
-def test_resumes_a_partial_download(fake_hub, tmp_path):
-    folder = tmp_path / "cache" / "hf" / "gpt2"
-    folder.mkdir(parents=True)
-    data = fake_hub.files["model.safetensors"]
-    (folder / "model.safetensors.part").write_bytes(data[:1000])
-    hub.ensure_model("gpt2", progress=False)
-    assert (folder / "model.safetensors").read_bytes() == data
-    assert ("GET", "/cdn/model.safetensors", "bytes=1000-") in fake_hub.requests
-
-
-@pytest.mark.parametrize("bad,hash_name", [("model.safetensors", "sha256"), ("config.json", "git sha1")])
-def test_checksum_mismatch_is_rejected(fake_hub, tmp_path, bad, hash_name):
-    fake_hub.bad_sha = bad
-    with pytest.raises(GptlabError, match=f"{bad}: downloaded file does not match the hub \\({hash_name}"):
-        hub.ensure_model("gpt2", progress=False)
-    folder = tmp_path / "cache" / "hf" / "gpt2"
-    assert not (folder / bad).exists() and not (folder / f"{bad}.part").exists()
-
-
-def test_offline_error_says_where_to_put_the_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTLAB_HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
-    monkeypatch.setenv("GPTLAB_DATA_DIR", str(tmp_path))
-    with pytest.raises(GptlabError) as exc:
-        GPT.from_pretrained("gpt2-medium")
-    msg = str(exc.value)
-    assert "\n" not in msg
-    assert "config.json and model.safetensors" in msg and str(tmp_path / "hf" / "gpt2-medium") in msg
-    with pytest.raises(GptlabError, match="not in the cache"):
-        hub.ensure_model("gpt2", download=False)
-
-
-# ------------------------------------------------------------------ sharded repos, optional files, gated models
+    GPT(GPTConfig(vocab_size=50257, context_length=8, emb_dim=8, n_heads=2, n_layers=1, qkv_bias=True,
+                  tie_weights=True)).save_pretrained(folder)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {**files, "pytorch_model.bin": b"never fetched", "onnx/model.onnx": b"never fetched either"}
 
 
 def _sharded_qwen3(folder: Path) -> tuple[GPT, dict[str, bytes]]:
@@ -186,82 +217,195 @@ def _sharded_qwen3(folder: Path) -> tuple[GPT, dict[str, bytes]]:
     return model.eval(), files
 
 
-def test_sharded_repo_downloads_the_index_and_every_shard(fake_hub, tmp_path):
+def _fetched(state: _State) -> set[str]:
+    """The files whose content was downloaded (GETs of /resolve/ and of the storage host)."""
+    return {p.rsplit("/", 1)[-1] for role, method, p, _ in state.requests
+            if method == "GET" and (role == "storage" or "/resolve/" in p)}
+
+
+# ------------------------------------------------------------------ downloads, the cache, offline
+
+
+def test_a_repo_id_loads_like_its_folder_and_then_offline(fake_hub, tmp_path, capfd, monkeypatch):
+    files = _tiny_gpt2(tmp_path / "src")
+    fake_hub.repos["tiny-org/tiny-gpt2"] = files
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    with torch.no_grad():
+        expected = load_model(tmp_path / "src")[0](ids)
+        folder = hub.ensure_model("tiny-org/tiny-gpt2", progress=False)
+        assert torch.equal(load_model("tiny-org/tiny-gpt2")[0](ids), expected)
+    assert capfd.readouterr().err == ""  # progress=False: no bar
+    # The standard hub cache layout, under HF_HUB_CACHE, which transformers reads too.
+    assert folder == fake_hub.cache / "models--tiny-org--tiny-gpt2" / "snapshots" / COMMIT
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors"}
+    for name in ("config.json", "model.safetensors"):
+        assert (folder / name).read_bytes() == files[name]
+    assert _fetched(fake_hub) == {"config.json", "model.safetensors"}  # no .bin, no onnx
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained("tiny-org/tiny-gpt2", local_files_only=True).n_embd == 8
+    # In the cache: no request at all, and none needed with the hub gone and HF_HUB_OFFLINE set.
+    fake_hub.requests.clear()
+    assert hub.ensure_model("tiny-org/tiny-gpt2") == folder
+    assert fake_hub.requests == []
+    for server in fake_hub.servers:
+        server.shutdown()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with torch.no_grad():
+        assert torch.equal(load_model("tiny-org/tiny-gpt2")[0](ids), expected)
+
+
+def test_a_short_name_fetches_a_sharded_checkpoint(fake_hub, tmp_path):
     model, files = _sharded_qwen3(tmp_path / "src")
-    fake_hub.files = files
-    loaded = GPT.from_pretrained("qwen3-0.6b")
-    folder = tmp_path / "cache" / "hf" / "qwen3-0.6b"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # no .part left, nothing else
+    fake_hub.repos["Qwen/Qwen3-0.6B"] = files  # HUB_MODELS["qwen3-0.6b"]
+    folder = hub.ensure_model("qwen3-0.6b", progress=False)
+    assert folder.parent.parent.name == "models--Qwen--Qwen3-0.6B"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # the index and both shards
     for name, data in files.items():
         assert (folder / name).read_bytes() == data
-    assert ("HEAD", "/Qwen/Qwen3-0.6B/resolve/main/model.safetensors", None) in fake_hub.requests  # tried first
-    assert not any(p.endswith("generation_config.json") and m == "GET" for m, p, _ in fake_hub.requests)  # 404: skipped
+    loaded = GPT.from_pretrained("qwen3-0.6b")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    fake_hub.requests.clear()
-    hub.ensure_model("qwen3-0.6b", progress=False)
-    assert fake_hub.requests == []  # complete: no request at all
 
 
-def test_an_interrupted_sharded_download_fetches_only_the_missing_shards(fake_hub, tmp_path):
-    _, files = _sharded_qwen3(tmp_path / "src")
-    fake_hub.files = files
-    folder = tmp_path / "cache" / "hf" / "qwen3-0.6b"
-    folder.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
-        (folder / name).write_bytes(files[name])
-    hub.ensure_model("qwen3-0.6b", progress=False)
-    fetched = {Path(p).name for m, p, _ in fake_hub.requests if m == "GET" and p.startswith("/cdn/")}
-    assert fetched == {"model-00002-of-00002.safetensors"}
-    assert (folder / "model-00002-of-00002.safetensors").read_bytes() == files["model-00002-of-00002.safetensors"]
+def test_the_variables_are_read_from_the_environment(fake_hub, tmp_path):
+    """HF_ENDPOINT, HF_HOME and HF_TOKEN in a fresh interpreter, then HF_HUB_OFFLINE with the hub gone."""
+    fake_hub.repos["tiny-org/tiny-gpt2"] = _tiny_gpt2(tmp_path / "src")
+    fake_hub.gated["tiny-org/tiny-gpt2"] = "secret"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "GPTLAB_HF"))}
+    env.update(HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "home"), HF_TOKEN="secret")
+    probe = "from gptlab.model.hub import ensure_model; print(ensure_model('tiny-org/tiny-gpt2', progress=False))"
+    first = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith(str(tmp_path / "home" / "hub" / "models--tiny-org--tiny-gpt2"))
+    for server in fake_hub.servers:
+        server.shutdown()
+    env.update(HF_HUB_OFFLINE="1", HF_TOKEN="")
+    again = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
 
 
-def test_optional_files_come_along_with_a_single_file_model(fake_hub, tmp_path):
-    fake_hub.files = {**fake_hub.files, "generation_config.json": b'{"eos_token_id": 0}'}
-    folder = hub.ensure_model("smollm2-135m", progress=False)
-    assert (folder / "generation_config.json").read_bytes() == b'{"eos_token_id": 0}'
-    assert not (folder / "tokenizer.json").exists() and not (folder / "model.safetensors.index.json").exists()
+def test_a_partial_snapshot_is_completed(fake_hub, tmp_path):
+    """transformers may have fetched config.json alone into the snapshot: the weights are still fetched."""
+    fake_hub.repos["tiny-org/tiny-gpt2"] = _tiny_gpt2(tmp_path / "src")
+    hf_hub_download("tiny-org/tiny-gpt2", "config.json")
+    folder = hub.ensure_model("tiny-org/tiny-gpt2")  # with huggingface_hub's progress bars
+    assert (folder / "model.safetensors").is_file()
 
 
-def test_an_index_naming_a_path_outside_the_folder_is_refused(fake_hub, tmp_path):
-    _, files = _sharded_qwen3(tmp_path / "src")
-    files["model.safetensors.index.json"] = json.dumps({"weight_map": {"a": "../../evil.safetensors"}}).encode()
-    fake_hub.files = files
-    with pytest.raises(GptlabError, match="shard name '../../evil.safetensors' is not a plain .safetensors file name"):
-        hub.ensure_model("qwen3-0.6b", progress=False)
-    assert not (tmp_path / "cache" / "evil.safetensors").exists()
+def test_gptlab_hf_endpoint_is_an_alias(fake_hub, tmp_path, monkeypatch):
+    fake_hub.repos["tiny-org/tiny-gpt2"] = _tiny_gpt2(tmp_path / "src")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("GPTLAB_HF_ENDPOINT", fake_hub.url)
+    assert (hub.ensure_model("tiny-org/tiny-gpt2", progress=False) / "model.safetensors").is_file()
 
 
-def test_a_repo_without_safetensors_weights_is_one_clear_error(fake_hub):
-    fake_hub.files = {"config.json": fake_hub.files["config.json"]}
+# ------------------------------------------------------------------ resume and checks
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(fake_hub, tmp_path, monkeypatch):
+    """huggingface_hub retries a lost connection from the last whole chunk it wrote (HTTP Range), within
+    one download; a download interrupted with its process starts over (its temporary file is removed)."""
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)  # 10 MB by default: more than this file
+    files = _tiny_gpt2(tmp_path / "src")
+    fake_hub.repos["tiny-org/tiny-gpt2"] = files
+    fake_hub.drop_once.add("model.safetensors")
+    folder = hub.ensure_model("tiny-org/tiny-gpt2", progress=False)
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+    ranges = [h.get("range") for role, _, _, h in fake_hub.requests if role == "storage"]
+    half = len(files["model.safetensors"]) // 2
+    assert ranges == [None, f"bytes={half - half % (1 << 16)}-"]
+
+
+def test_a_file_of_the_wrong_size_is_refused(fake_hub, tmp_path):
+    """huggingface_hub checks each download's size against X-Linked-Size (not its sha256)."""
+    fake_hub.repos["tiny-org/tiny-gpt2"] = _tiny_gpt2(tmp_path / "src")
+    fake_hub.short.add("model.safetensors")
+    with pytest.raises(GptlabError) as exc:
+        hub.ensure_model("tiny-org/tiny-gpt2", progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("cannot download model 'tiny-org/tiny-gpt2'")
+    assert "Consistency check failed" in msg
+    repo = fake_hub.cache / "models--tiny-org--tiny-gpt2"
+    assert not (repo / "snapshots" / COMMIT / "model.safetensors").exists()
+    assert not [p for p in (repo / "blobs").iterdir() if len(p.name) == 64]  # no blob under its sha256
+
+
+def test_a_repo_without_safetensors_weights_is_one_clear_error(fake_hub, tmp_path):
+    files = _tiny_gpt2(tmp_path / "src")
+    fake_hub.repos["Qwen/Qwen2.5-0.5B"] = {"config.json": files["config.json"], "pytorch_model.bin": b"x"}
     with pytest.raises(GptlabError, match="has neither model.safetensors nor model.safetensors.index.json"):
         hub.ensure_model("qwen2.5-0.5b", progress=False)
+    assert _fetched(fake_hub) == {"config.json"}
 
 
-def test_gated_model_without_a_token_says_how_to_get_access(fake_hub):
-    fake_hub.token = "secret"
+# ------------------------------------------------------------------ tokens and refusals: one line each
+
+
+def test_the_token_goes_to_the_hub_as_a_bearer_and_not_to_storage(fake_hub, tmp_path, monkeypatch):
+    fake_hub.repos["meta-llama/Llama-3.2-1B"] = _tiny_gpt2(tmp_path / "src")
+    fake_hub.gated["meta-llama/Llama-3.2-1B"] = "secret"
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    assert (hub.ensure_model("llama-3.2-1b", progress=False) / "model.safetensors").is_file()
+    sent = {role: {h.get("authorization") for r, _, _, h in fake_hub.requests if r == role}
+            for role in ("hub", "storage")}
+    assert sent == {"hub": {"Bearer secret"}, "storage": {None}}
+
+
+def test_a_gated_model_without_a_token(fake_hub, tmp_path):
+    fake_hub.repos["meta-llama/Llama-3.2-1B"] = _tiny_gpt2(tmp_path / "src")
+    fake_hub.gated["meta-llama/Llama-3.2-1B"] = "secret"
     with pytest.raises(GptlabError) as exc:
         hub.ensure_model("llama-3.2-1b", progress=False)
     msg = str(exc.value)
     assert "\n" not in msg
-    assert "config.json of meta-llama/Llama-3.2-1B (HTTP 401)" in msg
-    assert "accept its licence at http://127.0.0.1:" in msg and "/meta-llama/Llama-3.2-1B" in msg
-    assert "set HF_TOKEN" in msg
+    assert msg == (f"model 'llama-3.2-1b' (meta-llama/Llama-3.2-1B) is gated: accept its licence at "
+                   f"{fake_hub.url}/meta-llama/Llama-3.2-1B, then set HF_TOKEN to an access token of that account")
 
 
-def test_gated_model_with_a_wrong_token(fake_hub, monkeypatch):
-    fake_hub.token = "secret"
+def test_a_gated_model_with_a_token_that_has_no_access(fake_hub, tmp_path, monkeypatch):
+    fake_hub.repos["meta-llama/Llama-3.2-1B"] = _tiny_gpt2(tmp_path / "src")
+    fake_hub.gated["meta-llama/Llama-3.2-1B"] = "secret"
     monkeypatch.setenv("HF_TOKEN", "wrong")
-    with pytest.raises(GptlabError, match=r"\(HTTP 403\) with the token in HF_TOKEN: accept the model's licence"):
+    with pytest.raises(GptlabError, match=r"refused the gated model .* accept the model's licence at http://"):
         hub.ensure_model("llama-3.2-1b", progress=False)
 
 
-def test_gated_model_with_a_token_sends_it_to_the_hub_only(fake_hub, tmp_path, monkeypatch):
-    fake_hub.token = "secret"
-    monkeypatch.setenv("HF_TOKEN", "secret")
-    folder = hub.ensure_model("llama-3.2-1b", progress=False)
-    assert (folder / "model.safetensors").read_bytes() == fake_hub.files["model.safetensors"]
-    hub_paths = [(p, a) for p, a in fake_hub.auth if not p.startswith("/cdn/")]
-    assert hub_paths and all(a == "Bearer secret" for _, a in hub_paths)
-    storage = [(p, a) for p, a in fake_hub.auth if p.startswith("/cdn/")]
-    assert storage and all(a is None for _, a in storage)  # never forwarded to the storage host
+def test_a_repository_that_does_not_exist(fake_hub):
+    with pytest.raises(GptlabError) as exc:
+        load_model("nobody/nothing")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"model 'nobody/nothing': no repository nobody/nothing on the hub ({fake_hub.url}/")
+
+
+def test_offline_and_not_in_the_cache(fake_hub, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(GptlabError) as exc:
+        load_model("qwen3-0.6b")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"model 'qwen3-0.6b' (Qwen/Qwen3-0.6B) is not in the cache {fake_hub.cache} and "
+                          "HF_HUB_OFFLINE is set;")
+    assert "HF_HOME" in msg and "HF_HUB_CACHE" in msg
+    assert fake_hub.requests == []
+    with pytest.raises(GptlabError, match="not in the cache .* and gptlab was asked not to download it"):
+        hub.ensure_model("gpt2", download=False)
+
+
+def test_the_hub_out_of_reach_and_not_in_the_cache(fake_hub, monkeypatch):
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(GptlabError, match=r"^model 'gpt2' \(openai-community/gpt2\) is not in the cache .* and "
+                                          r"the hub \(http://127.0.0.1:9\) cannot be reached;"):
+        hub.ensure_model("gpt2", progress=False)
+
+
+def test_names_that_are_not_hub_models():
+    assert hub.hub_repo("gpt2") == "openai-community/gpt2"
+    assert hub.hub_repo("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    for name in ("gpt-nano", "./a/b", "/abs/path", "a/b/c", "~/x"):
+        assert hub.hub_repo(name) is None
+    with pytest.raises(GptlabError, match="nor a repository id owner/name"):
+        hub.ensure_model("gpt-nano")
+    with pytest.raises(GptlabError, match=r"^model 'bad--owner/x': not a valid hub repository id \("):
+        hub.ensure_model("bad--owner/x")  # huggingface_hub's rule: no '--' in an id

@@ -74,6 +74,19 @@ class _SlowGPT:
 
 
 @pytest.fixture()
+def slow_engine(model, gpt2_tok):
+    """A factory of engines whose decode steps take ``delay`` seconds (requests stay in flight)."""
+    from gptlab.serve.engine import Engine
+
+    def make(max_batch: int = 2, delay: float = 0.02) -> Engine:
+        engine = Engine(model, gpt2_tok, max_batch=max_batch)
+        engine.model = _SlowGPT(model, delay)
+        return engine
+
+    return make
+
+
+@pytest.fixture()
 def slow_server(model, gpt2_tok):
     """A server whose decode steps take 20 ms: time to disconnect or press stop mid-answer."""
     from gptlab.serve.engine import Engine

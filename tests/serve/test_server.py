@@ -104,7 +104,8 @@ def test_stream_ends_with_done(server):
     host, port = server.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=30)
     body = json.dumps({"prompt": "x", "max_tokens": 3, "stream": True})
-    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {API_KEY}"})
+    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {API_KEY}",
+                                                   "Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
     events = [e for e in resp.read().decode().split("\n\n") if e]
@@ -194,6 +195,7 @@ def test_context_overflow_oversized_body_wrong_key_and_the_server_keeps_serving(
     conn = http.client.HTTPConnection(host, port, timeout=30)  # no Content-Length at all
     conn.putrequest("POST", "/v1/completions")
     conn.putheader("Authorization", f"Bearer {API_KEY}")
+    conn.putheader("Content-Type", "application/json")
     conn.endheaders()
     resp = conn.getresponse()
     assert resp.status == 411 and json.loads(resp.read())["error"]["code"] == "length_required"
@@ -214,7 +216,7 @@ def test_client_disconnect_frees_its_slot(slow_server):
         host, port = slow_server.server_address[:2]
         sock = socket.create_connection((host, port), timeout=30)
         body = json.dumps({"prompt": "x", "max_tokens": 90, "stream": stream, "ignore_eos": True}).encode()
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer sk-slow-key\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert wait_until(lambda: engine.stats()["active"] == 1, 10)
