@@ -175,10 +175,11 @@ class _Guard:
         # Heads that arrive whole are parsed whatever their size; the connection layer catches only those
         # that grow past its buffer while incomplete. So the sizes are checked here too.
         if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > MAX_URL_BYTES:
-            return _error(ApiError(414, f"the request target is longer than {MAX_URL_BYTES} bytes", code="uri_too_long"))
+            return _error(ApiError(414, f"the request target is longer than {MAX_URL_BYTES} bytes", code="uri_too_long"),
+                          headers={"Connection": "close"})  # as the connection layer does for heads too big to parse
         if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > MAX_HEADER_BYTES:
             return _error(ApiError(431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes",
-                                   code="headers_too_large"))
+                                   code="headers_too_large"), headers={"Connection": "close"})
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host")
         if host is not None and not host_allowed(host, settings.bind_host, settings.allowed_hosts):
