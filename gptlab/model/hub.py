@@ -13,8 +13,10 @@ its shards) and the tokenizer and generation files; never ``.bin``, ``.pth``, ``
 accepted the licence), ``HF_HUB_OFFLINE``, ``HF_HUB_DISABLE_PROGRESS_BARS``. Some of them are read when
 ``huggingface_hub`` is imported (:mod:`huggingface_hub.constants`). It writes each file under a temporary
 name, checks its size against the hub's, and retries a dropped connection from where it stopped (HTTP
-``Range``); it does not check a download's sha256. ``GPTLAB_HF_ENDPOINT``, gptlab's older setting, still
-works as an alias of ``HF_ENDPOINT``.
+``Range``). It does not hash what it downloads, so after a download gptlab has it check the snapshot
+against the hub's checksums (:meth:`huggingface_hub.HfApi.verify_repo_checksums`: sha256 of large
+files, git's blob hash of small ones); a file that does not match is removed from the cache and named
+in the error. ``GPTLAB_HF_ENDPOINT``, gptlab's older setting, still works as an alias of ``HF_ENDPOINT``.
 
 A model whose files are all in the cache is returned without any request, so it loads offline; the
 cache is not checked for a newer revision (``hf cache rm`` and a new download get one).
@@ -137,8 +139,33 @@ def _download(repo: str, progress: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     alias = os.environ.get(ENDPOINT_ALIAS_ENV) or None  # None: huggingface_hub's own HF_ENDPOINT
-    return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS, endpoint=alias,
-                                  tqdm_class=None if progress else _quiet_tqdm()))
+    folder = Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS, endpoint=alias,
+                                    tqdm_class=None if progress else _quiet_tqdm()))
+    _verify(repo, folder, alias)
+    return folder
+
+
+def _verify(repo: str, folder: Path, endpoint_url: str | None) -> None:
+    """Check a fresh snapshot against the hub's checksums; remove and name the files that differ.
+
+    Hashing costs a few seconds per gigabyte, once per download (a model found complete in the cache
+    is not hashed again). Files of the repository that gptlab did not fetch are not checked.
+    """
+    from huggingface_hub import HfApi
+
+    result = HfApi(endpoint=endpoint_url).verify_repo_checksums(repo, revision=folder.name,
+                                                                cache_dir=hub_cache())
+    if not result.mismatches:
+        return
+    bad = sorted(m["path"] for m in result.mismatches)
+    for path in bad:
+        link = folder / path
+        blob = link.resolve()
+        link.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)  # the cache's copy: the next download fetches it again
+    kind = {m["path"]: m["algorithm"] for m in result.mismatches}
+    raise GptlabError(f"model {repo}: {', '.join(f'{p} ({kind[p]})' for p in bad)} did not match the hub's "
+                      "checksum after download and were removed from the cache; download again")
 
 
 def _quiet_tqdm() -> type:

@@ -50,6 +50,7 @@ class _State:
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the token its files need
     short: set[str] = field(default_factory=set)  # files the storage host sends one byte short
     drop_once: set[str] = field(default_factory=set)  # files whose first GET is cut in the middle
+    tree: dict[str, bytes] = field(default_factory=dict)  # what the listing's checksums describe, if not the file
     # (server, method, path, headers with lowercase names) of every request
     requests: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
     storage: str = ""  # the storage host's address
@@ -105,8 +106,8 @@ class _Hub(_Handler):
             info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": name} for name in files]}
             return self.reply(200, json.dumps(info).encode(), head, Content_Type="application/json")
         if route[2] == "tree":
-            return self.reply(200, json.dumps([_tree_entry(n, d) for n, d in files.items()]).encode(), head,
-                              Content_Type="application/json")
+            listing = [_tree_entry(n, state.tree.get(n, d)) for n, d in files.items()]
+            return self.reply(200, json.dumps(listing).encode(), head, Content_Type="application/json")
         name = route[6]
         token = state.gated.get(repo)
         if token and self.headers.get("Authorization") != f"Bearer {token}":
@@ -329,6 +330,25 @@ def test_a_file_of_the_wrong_size_is_refused(fake_hub, tmp_path):
     repo = fake_hub.cache / "models--tiny-org--tiny-gpt2"
     assert not (repo / "snapshots" / COMMIT / "model.safetensors").exists()
     assert not [p for p in (repo / "blobs").iterdir() if len(p.name) == 64]  # no blob under its sha256
+
+
+def test_a_file_that_does_not_match_its_sha256_is_removed(fake_hub, tmp_path):
+    """The right size but other bytes (what huggingface_hub's size check lets through): gptlab's
+    check against the hub's sha256 refuses it, removes it, and the next download is clean."""
+    fake_hub.repos["tiny-org/tiny-gpt2"] = files = _tiny_gpt2(tmp_path / "src")
+    good = files["model.safetensors"]
+    files["model.safetensors"] = good[:-1] + bytes([good[-1] ^ 1])  # what the storage host serves
+    fake_hub.tree["model.safetensors"] = good  # what the hub's listing announces
+    with pytest.raises(GptlabError) as exc:
+        hub.ensure_model("tiny-org/tiny-gpt2", progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and "model.safetensors (sha256)" in msg and "removed" in msg
+    snapshot = fake_hub.cache / "models--tiny-org--tiny-gpt2" / "snapshots" / COMMIT
+    assert not (snapshot / "model.safetensors").exists() and (snapshot / "config.json").exists()
+    files["model.safetensors"] = good
+    fake_hub.tree.clear()
+    folder = hub.ensure_model("tiny-org/tiny-gpt2", progress=False)
+    assert (folder / "model.safetensors").read_bytes() == good
 
 
 def test_a_repo_without_safetensors_weights_is_one_clear_error(fake_hub, tmp_path):
