@@ -54,6 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--log-samples", action="store_true",
                    help="also save every prompt, answer and score (needs --output-path)")
     e.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    e.add_argument("--apply-chat-template", action="store_true",
+                   help="put each prompt in the model's chat template (or its folder's prompt style), as instruct "
+                        "models are evaluated")
+    e.add_argument("--style", default=None,
+                   help="with --apply-chat-template: a prompt style (alpaca, phi3, plain, ...) instead of the model's own")
+    e.add_argument("--system-instruction", default=None, metavar="TEXT",
+                   help="a system message before each prompt (with --apply-chat-template)")
+    e.add_argument("--fewshot-as-multiturn", action="store_true",
+                   help="give few-shot examples as earlier chat turns (needs --apply-chat-template)")
     e.set_defaults(func=cmd_eval)
 
 
@@ -141,6 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise GptlabError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     if args.bootstrap_iters < 0:
         raise GptlabError(f"--bootstrap-iters must be >= 0, got {args.bootstrap_iters}")
+    if not args.apply_chat_template:
+        for flag, value in (("--style", args.style), ("--system-instruction", args.system_instruction),
+                            ("--fewshot-as-multiturn", args.fewshot_as_multiturn)):
+            if value:
+                raise GptlabError(f"{flag} needs --apply-chat-template")
     results_file, samples_dir = _output_files(args.output_path)
     if args.log_samples and results_file is None:
         raise GptlabError("--log-samples needs --output-path (the folder or file the samples go beside)")
@@ -186,8 +200,14 @@ def _evaluate(
 
     device = pick_device(args.device)
     model, tokenizer = load_model(args.model, dtype=parse_dtype(args.dtype), **quantize_options(args))
+    chat_format = None
+    if args.apply_chat_template:
+        from gptlab.data.chat_format import chat_format_for
+
+        chat_format = chat_format_for(args.model if Path(args.model).is_dir() else None, args.style,
+                                      tokenizer=tokenizer)
     lm = GptlabLM(model.to(device), tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                  seed=args.seed)
+                  seed=args.seed, chat_format=chat_format)
     # lm_eval's defaults are four seeds (0, 1234, 1234, 1234); --seed sets them all, as lm_eval's --seed N does.
     seeds: dict[str, Any] = {}
     if args.seed is not None:
@@ -199,7 +219,8 @@ def _evaluate(
         results = lm_eval.simple_evaluate(
             model=lm, model_args=model_args, tasks=tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
             device=str(device), limit=limit, bootstrap_iters=args.bootstrap_iters, log_samples=args.log_samples,
-            task_manager=manager, evaluation_tracker=tracker, **seeds,
+            task_manager=manager, evaluation_tracker=tracker, apply_chat_template=args.apply_chat_template,
+            system_instruction=args.system_instruction, fewshot_as_multiturn=args.fewshot_as_multiturn, **seeds,
         )
     except ConnectionError as exc:  # datasets' "couldn't reach the Hub" (offline, or no network)
         raise GptlabError(f"--tasks: a task's data set could not be downloaded ({exc}); run once online, or use "

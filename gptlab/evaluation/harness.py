@@ -14,6 +14,9 @@ Conventions, as lm_eval's own Hugging Face model has them, so that scores are co
   ``n_vocab`` (Qwen's, for GPU-friendly shapes) must not take probability mass.
 * ``loglikelihood_rolling`` cuts a text into disjoint windows of the model's context; the first token
   is predicted from BOS/end-of-text, and the last window is filled with earlier tokens as context.
+* With a ``chat_format`` (lm_eval's ``apply_chat_template``, for instruct models), prompts are the
+  model's chat template (or prompt style) rendered over lm_eval's messages; a prompt that already
+  starts with the BOS token does not get a second one.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ class GptlabLM(LM):
         max_length: int | None = None,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
         seed: int | None = None,
+        chat_format: Any = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -128,6 +132,8 @@ class GptlabLM(LM):
         self.max_gen_toks = max_gen_toks
         self.seed = seed
         self.prefix_id = prefix_token_id(tokenizer)
+        # A gptlab.data.chat_format ChatFormat (format_chat(messages) -> prompt text), or None.
+        self.chat_format = chat_format
         self.n_vocab = tokenizer.n_vocab  # read once: some tokenizers compute it from their whole vocabulary
         self._device = _model_device(model)
 
@@ -140,7 +146,10 @@ class GptlabLM(LM):
         start of a text; suffixes are never added, since contexts are cut off the end of longer texts.
         """
         ids = self.tokenizer.encode(text, allowed_special="all")
-        return [*self.tokenizer.prefix_ids, *ids] if with_prefix else ids
+        prefix = list(self.tokenizer.prefix_ids)
+        if not with_prefix or ids[: len(prefix)] == prefix:  # a chat template may write the BOS itself
+            return ids
+        return [*prefix, *ids]
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """``(context ids, continuation ids)``: encoded together, split at the end of the context's encoding."""
@@ -332,6 +341,30 @@ class GptlabLM(LM):
                 break  # leaving the loop closes the generator: no more decode steps
         texts = [self._decode(t) for t in tokens]
         return [_cut_at(text, until) for text in texts]
+
+    # ------------------------------------------------------------------ chat templates
+
+    @property
+    def tokenizer_name(self) -> str:
+        """What lm_eval records (and keys its request cache on) for the prompt format in use."""
+        fmt = self.chat_format
+        return f"gptlab-{getattr(fmt, 'name', 'none')}".replace(" ", "-")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template text lm_eval saves with the results (a prompt style's name when there is no template)."""
+        if not chat_template or self.chat_format is None:
+            return None
+        return getattr(self.chat_format, "template", None) or getattr(self.chat_format, "name", None)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm_eval's messages as the model's prompt; a last assistant message is continued (a prefill)."""
+        if self.chat_format is None:
+            raise GptlabError("--apply-chat-template: this model has no chat template or prompt style")
+        messages = [dict(m) for m in chat_history]
+        prefill = ""
+        if not add_generation_prompt and messages and messages[-1].get("role") == "assistant":
+            prefill = messages.pop()["content"]
+        return self.chat_format.format_chat(messages) + prefill
 
     # ------------------------------------------------------------------ what results record
 

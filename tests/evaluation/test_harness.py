@@ -308,6 +308,41 @@ def test_eval_cli_end_to_end(capsys, tmp_path, offline, tiny_gpt_folder):
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["config"]["limit"] == 2
 
 
+def test_chat_template_prompts(tok, model):
+    """lm_eval's messages become the model's chat prompt; a final assistant message is continued."""
+    from gptlab.data.chat_format import TemplateChat
+    from gptlab.errors import GptlabError
+
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fmt = TemplateChat.from_tokenizer(tok, template)
+    lm = GptlabLM(model, tok, chat_format=fmt)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert lm.apply_chat_template(chat) == fmt.format_chat(chat)
+    assert lm.apply_chat_template([*chat, {"role": "assistant", "content": "It is"}], add_generation_prompt=False) \
+        == fmt.format_chat(chat) + "It is"
+    assert lm.chat_template(True) == template and lm.tokenizer_name == "gptlab-chat-template"
+    with pytest.raises(GptlabError, match="--apply-chat-template"):
+        GptlabLM(model, tok).apply_chat_template(chat)
+
+
+def test_eval_cli_applies_a_prompt_style(capsys, tmp_path, offline, tiny_gpt_folder):
+    folder = tiny_gpt_folder(tmp_path / "model", context_length=64)
+    tasks = _write_tasks(tmp_path)
+    out = tmp_path / "results"
+    code, _, err = _run(capsys, "eval", "--model", folder, "--tasks", "tiny_gen", "--include-path", str(tasks),
+                        "--output-path", str(out), "--log-samples", "--limit", "2", "--apply-chat-template",
+                        "--style", "alpaca", "--system-instruction", "Answer in one word.")
+    assert code == 0, err
+    samples = [json.loads(line) for line in (out / "samples_tiny_gen.jsonl").read_text(encoding="utf-8").splitlines()]
+    prompt = samples[0]["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("Answer in one word.") and "### Response:" in prompt
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert "### Response:" in saved["chat_template"] and saved["system_instruction"] == "Answer in one word."
+    code, _, err = _run(capsys, "eval", "--model", folder, "--tasks", "tiny_gen", "--style", "alpaca")
+    assert code == 2 and "--apply-chat-template" in err
+
+
 def test_eval_cli_refuses_unknown_tasks_in_one_line(capsys, tmp_path, offline, monkeypatch):
     import lm_eval.tasks
 
