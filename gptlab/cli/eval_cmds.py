@@ -200,6 +200,11 @@ def _evaluate(
 
     device = pick_device(args.device)
     model, tokenizer = load_model(args.model, dtype=parse_dtype(args.dtype), **quantize_options(args))
+    if getattr(model, "quantization", None) and device.type != "cpu":  # int8/int4 kernels are PyTorch's CPU ones
+        if args.device != "auto":
+            raise GptlabError(f"--model {args.model}: its int8/int4 weights run on the CPU; use --device cpu, "
+                              f"not {args.device}")
+        device = pick_device("cpu")
     chat_format = None
     if args.apply_chat_template:
         from gptlab.data.chat_format import chat_format_for

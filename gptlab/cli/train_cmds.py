@@ -92,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
     e.add_argument("--format", choices=("hf", "gguf"), default="hf",
                    help="hf: a Hugging Face folder (default); gguf: one file for llama.cpp / Ollama (BPE tokenizers)")
-    e.add_argument("--outtype", choices=("f32", "bf16", "q8_0"), default=None,
-                   help="weight type of a GGUF file (default f32; q8_0 is 8-bit, about a quarter of f32's size)")
+    e.add_argument("--outtype", choices=("f32", "bf16", "q8_0", "q4_0"), default=None,
+                   help="weight type of a GGUF file (default f32; q8_0 is 8-bit, about a quarter of f32's size; "
+                        "q4_0 4-bit, about an eighth, read back by gptlab as int4 layers)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     e.set_defaults(func=_export)
 

@@ -4,9 +4,9 @@ The architecture is the llama.cpp one that computes what the model does: ``gpt2`
 ``qwen3`` for q/k norms, ``qwen2`` for q/k/v biases alone, ``llama`` otherwise (it also carries
 Llama 3's RoPE scaling, as a ``rope_freqs`` tensor). Hyperparameters, tensor names and layouts follow
 llama.cpp's ``convert_hf_to_gguf.py`` (see :mod:`gptlab.model.gguf_names`). Weights are written as
-``f32``, ``bf16`` or ``q8_0``; vectors (norms, biases) and GPT-2's position table stay float32 in every
-type, and a matrix whose rows do not split into 32-value blocks falls back to f16 in ``q8_0``, as in
-llama.cpp's converter. The file is streamed tensor by tensor (peak memory: the model plus one tensor)
+``f32``, ``bf16``, ``q8_0`` or ``q4_0``; vectors (norms, biases) and GPT-2's position table stay float32
+in every type, and a matrix whose rows do not split into 32-value blocks falls back to f16 in ``q8_0`` and
+``q4_0``, as in llama.cpp's converter. The file is streamed tensor by tensor (peak memory: the model plus one tensor)
 into a temporary file that replaces ``path`` only when complete.
 """
 
@@ -37,6 +37,8 @@ OUTTYPES: dict[str, tuple[int, Q]] = {
     "f32": (gguf.LlamaFileType.ALL_F32, Q.F32),
     "bf16": (gguf.LlamaFileType.MOSTLY_BF16, Q.BF16),
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0),
+    # 4-bit blocks of 32 (a scale and 32 values): what gptlab reads back as int4 layers, and llama.cpp runs.
+    "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_0),
 }
 # Metadata llama.cpp does not know (it ignores unknown keys): lets gptlab read back exactly what it wrote.
 ACTIVATION_KEY = "gptlab.activation"
@@ -152,10 +154,10 @@ def _maker(tensor: torch.Tensor, arch: str, proj: str, cfg: GPTConfig) -> Callab
 
 def _storage_type(name: str, shape: torch.Size, wanted: Q) -> Q:
     """The type ``name`` is stored in: float32 for vectors, norms and the position table (as llama.cpp's
-    converter does), f16 for a q8_0 matrix whose rows are not whole 32-value blocks, else ``wanted``."""
+    converter does), f16 for a q8_0/q4_0 matrix whose rows are not whole 32-value blocks, else ``wanted``."""
     if len(shape) <= 1 or name.endswith("_norm.weight") or name.startswith("position_embd."):
         return Q.F32
-    if wanted == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+    if wanted in (Q.Q8_0, Q.Q4_0) and shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
         return Q.F16
     return wanted
 
@@ -181,7 +183,7 @@ def write_gguf(model: torch.nn.Module, tokenizer: Tokenizer, path: str | os.Path
                name: str = "gptlab") -> str:
     """Write ``model`` (a :class:`~gptlab.model.GPT`) and ``tokenizer`` to ``path`` as GGUF; returns the architecture.
 
-    ``outtype`` is ``f32``, ``bf16`` or ``q8_0``; ``name`` goes into ``general.name``. The model and the
+    ``outtype`` is ``f32``, ``bf16``, ``q8_0`` or ``q4_0``; ``name`` goes into ``general.name``. The model and the
     tokenizer are checked before anything is written (:class:`GptlabError`, one line, for what llama.cpp
     cannot run or a tokenizer GGUF cannot hold); ``path`` is replaced atomically.
     """

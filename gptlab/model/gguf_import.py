@@ -1,7 +1,12 @@
 """Read a GGUF model file (llama.cpp's format) into a :class:`~gptlab.model.GPT` and its tokenizer.
 
-Architectures ``gpt2``, ``llama``, ``qwen2`` and ``qwen3``, tensors in F32, F16, BF16, Q8_0 or Q4_0
-(quantized ones are dequantized: gptlab computes in floating point). The metadata and tensor table are
+Architectures ``gpt2``, ``llama``, ``qwen2`` and ``qwen3``, tensors in F32, F16, BF16, Q8_0 or Q4_0.
+Q4_0 matrices of linear layers are kept as 4-bit integers (:class:`~gptlab.model.quantize.Int4Linear`
+with groups of 32): a Q4_0 block is a scale ``d`` and 32 values ``q`` in 0..15 standing for
+``(q - 8) * d``, which is exactly a group of scale ``d`` and minimum ``-8 d``. So the file's integers
+are used as they are, at a quarter of bf16's memory. Other quantized tensors (Q8_0, whose scales per
+32 values do not map onto int8 layers' one scale per row; Q4_0 embeddings) are dequantized into the
+model's dtype. The metadata and tensor table are
 read by :func:`gptlab.tokenizer.gguf_vocab.read_gguf_tensors` (``gguf.GGUFReader`` would spend
 seconds on a large vocabulary), the tensor data through a numpy memory map; the model is built on the
 meta device and each tensor converted straight into the one the model keeps, so peak memory is the
@@ -25,6 +30,7 @@ from gptlab.model.config import GPTConfig
 from gptlab.model.gguf_export import ACTIVATION_KEY, llama3_rope_factors
 from gptlab.model.gpt import GPT, _SkipInit
 from gptlab.model.gguf_names import ARCHS, ROPE_FREQS, from_pairs, gguf_name
+from gptlab.model.quantize import Int4Linear, pack_nibbles
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 from gptlab.tokenizer.gguf_vocab import GGUFTensorInfo, read_gguf_tensors
 
@@ -141,8 +147,8 @@ def _check_type(info: GGUFTensorInfo, source: str) -> None:
                           f"{', '.join(Q(t).name for t in SUPPORTED_TYPES)}")
 
 
-def _read(mapped: np.memmap, info: GGUFTensorInfo, dtype: torch.dtype, source: str) -> torch.Tensor:
-    """One tensor from the mapped file, converted (or dequantized) into a fresh ``dtype`` tensor."""
+def _raw(mapped: np.memmap, info: GGUFTensorInfo, source: str) -> np.ndarray:
+    """The bytes of one tensor in the mapped file, after checking its type, block rows and extent."""
     _check_type(info, source)
     qtype = Q(info.type)
     block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -152,7 +158,14 @@ def _read(mapped: np.memmap, info: GGUFTensorInfo, dtype: torch.dtype, source: s
     nbytes = count // block * size
     if info.offset + nbytes > mapped.size:
         raise GptlabError(f"{source}: tensor {info.name} runs past the end of the file (truncated?)")
-    raw = mapped[info.offset:info.offset + nbytes]
+    return mapped[info.offset:info.offset + nbytes]
+
+
+def _read(mapped: np.memmap, info: GGUFTensorInfo, dtype: torch.dtype, source: str) -> torch.Tensor:
+    """One tensor from the mapped file, converted (or dequantized) into a fresh ``dtype`` tensor."""
+    raw = _raw(mapped, info, source)
+    qtype = Q(info.type)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
     if qtype in _QUANTIZED:
         values = gguf.quants.dequantize(raw.reshape(-1, info.shape[-1] // block * size), qtype)
         return torch.from_numpy(values).reshape(info.shape).to(dtype)
@@ -164,6 +177,32 @@ def _read(mapped: np.memmap, info: GGUFTensorInfo, dtype: torch.dtype, source: s
     return tensor.reshape(info.shape).to(dtype, copy=True)
 
 
+_Q4_0_BLOCK, _Q4_0_BYTES = gguf.GGML_QUANT_SIZES[Q.Q4_0]
+
+
+def q4_0_integers(raw: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, d)`` of a Q4_0 matrix: ``q`` uint8 ``[rows, cols]`` in 0..15 and ``d`` float32 ``[rows, cols / 32]``.
+
+    Each block is ``d`` (float16) then 16 bytes: byte ``j`` holds value ``j`` in its low nibble and value
+    ``j + 16`` in its high one; the weight is ``(q - 8) * d``.
+    """
+    rows, cols = shape
+    blocks = np.asarray(raw).reshape(-1, _Q4_0_BYTES)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(rows, cols // _Q4_0_BLOCK)
+    nibbles = blocks[:, 2:]
+    q = np.concatenate([nibbles & 15, nibbles >> 4], axis=1).reshape(rows, cols)
+    return torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(d)
+
+
+def _int4_buffers(layer: Int4Linear, q: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``layer``'s saved buffers for Q4_0 integers: rows padded (with zero weights) to the kernel's multiple."""
+    pad = layer.qweight.size(0) - q.size(0)
+    if pad:
+        q = torch.cat([q, q.new_zeros(pad, q.size(1))])
+        d = torch.cat([d, d.new_zeros(pad, d.size(1))])
+    return {"qweight": pack_nibbles(q), "scales": d.contiguous(), "mins": (-8.0 * d).contiguous()}
+
+
 def default_dtype(tensors: dict[str, GGUFTensorInfo]) -> torch.dtype:
     """The dtype a model is loaded in when none is asked for: bf16 if any tensor is quantized (a q8_0 file
     keeps some matrices in f16), else the token embedding's."""
@@ -172,11 +211,15 @@ def default_dtype(tensors: dict[str, GGUFTensorInfo]) -> torch.dtype:
     return _FLOATS[Q(tensors["token_embd.weight"].type)]
 
 
-def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
+def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None,
+              keep_int4: bool = True) -> tuple[GPT, Tokenizer]:
     """``(model, tokenizer)`` from a GGUF file, the model in eval mode on the CPU.
 
-    ``dtype`` is what the weights become (by default the file's float type, bf16 for a quantized file).
-    Every tensor is checked (name, shape, type, nothing missing or left over).
+    ``dtype`` is what the float weights become (by default the file's float type, bf16 for a quantized
+    file). With ``keep_int4``, Q4_0 linear layers stay 4-bit (:class:`Int4Linear`, group 32; a tied
+    output head gets its own int4 copy of the Q4_0 embedding, as :func:`quantize_model` gives it) and
+    the model is marked ``quantization = {"mode": "int4", "group_size": 32}``; otherwise they are
+    dequantized too. Every tensor is checked (name, shape, type, nothing missing or left over).
     """
     path = Path(path)
     source = str(path)
@@ -200,31 +243,49 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tupl
         cfg = cfg.replace(rope_scaling=recover_llama3_scaling(factors, cfg, source))
     with torch.device("meta"), _SkipInit():
         model = GPT(cfg)  # no memory and no random init: every tensor comes from the file
+    linears = {f"{prefix}.weight" for prefix, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     state: dict[str, torch.Tensor] = {}
+    int4: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer name -> (q, d) of its Q4_0 weight
     used = {ROPE_FREQS}
     for name, meta in model.state_dict().items():
-        if name == "out_head.weight" and cfg.tie_weights:
-            continue
-        key = gguf_name(name)
+        tied_head = name == "out_head.weight" and cfg.tie_weights
+        key = gguf_name("tok_emb.weight" if tied_head else name)
         info = tensors.get(key)
         if info is None:
             raise GptlabError(f"{source}: missing tensor {key} (expected shape {list(meta.shape)})")
         if list(info.shape) != list(meta.shape):
             raise GptlabError(f"{source}: tensor {key} has shape {list(info.shape)}, but the metadata implies "
                               f"{list(meta.shape)}")
-        tensor = _read(mapped, info, dtype, source)
-        if arch == "llama" and (".att.q_proj." in name or ".att.k_proj." in name):
-            tensor = from_pairs(tensor, cfg.n_heads if ".q_proj." in name else cfg.kv_heads).contiguous()
-        state[name] = tensor
+        if keep_int4 and info.type == Q.Q4_0 and name in linears:
+            q, d = q4_0_integers(_raw(mapped, info, source), tuple(info.shape))
+            if arch == "llama" and (".att.q_proj." in name or ".att.k_proj." in name):
+                heads = cfg.n_heads if ".q_proj." in name else cfg.kv_heads
+                q, d = from_pairs(q, heads).contiguous(), from_pairs(d, heads).contiguous()
+            int4[name.removesuffix(".weight")] = (q, d)
+        elif not tied_head:
+            tensor = _read(mapped, info, dtype, source)
+            if arch == "llama" and (".att.q_proj." in name or ".att.k_proj." in name):
+                tensor = from_pairs(tensor, cfg.n_heads if ".q_proj." in name else cfg.kv_heads).contiguous()
+            state[name] = tensor
         used.add(key)
-    if cfg.tie_weights:
+    tie = cfg.tie_weights and "out_head" not in int4
+    if tie:
         state["out_head.weight"] = state["tok_emb.weight"]
+    for prefix, (q, d) in int4.items():
+        parent_name, _, attr = prefix.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, attr)
+        layer = Int4Linear(linear.in_features, linear.out_features, linear.bias is not None, _Q4_0_BLOCK, "meta")
+        setattr(parent, attr, layer)
+        state.update({f"{prefix}.{k}": v for k, v in _int4_buffers(layer, q, d).items()})
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise GptlabError(f"{source}: unexpected tensor {unexpected[0]} ({len(unexpected)} unexpected in all; "
                           f"not a {arch} layout gptlab knows)")
     del mapped
     model.load_state_dict(state, assign=True, strict=True)
-    if cfg.tie_weights:
+    if tie:
         model.out_head.weight = model.tok_emb.weight  # assign=True replaced the shared Parameter; re-tie
+    if int4:
+        model.quantization = {"mode": "int4", "group_size": _Q4_0_BLOCK}
     return model.eval(), tokenizer

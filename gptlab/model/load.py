@@ -29,7 +29,8 @@ def load_model(
     """``(model, tokenizer)`` from a run folder, a GGUF file, a Hugging Face folder, a hub name, or a preset name.
 
     Order: a folder written by ``gptlab pretrain`` (its best checkpoint and its own tokenizer); a
-    ``.gguf`` file (llama.cpp's format: its weights, dequantized, and its vocabulary); another
+    ``.gguf`` file (llama.cpp's format: its weights, Q4_0 linear layers kept as int4 and other quantized
+    tensors dequantized, and its vocabulary); another
     existing folder (its exported tokenizer, else GPT-2's); a hub name (``gpt2``, ``qwen3-0.6b``, ...) or
     repository id (``Qwen/Qwen3-0.6B``): pretrained weights, downloaded into the hub cache once; another
     preset name (``gpt-nano`` ...: randomly initialised from ``seed``, useful to try the pipeline). Both
@@ -55,7 +56,8 @@ def load_model(
     elif path.suffix.lower() == ".gguf" and path.is_file():  # llama.cpp's format: weights and vocabulary
         from gptlab.model.gguf_import import load_gguf  # imports the gguf package only when needed
 
-        model, tok = load_gguf(path, dtype=dtype)
+        # Q4_0 layers stay int4 unless another quantization is asked for (then from the dequantized weights).
+        model, tok = load_gguf(path, dtype=dtype, keep_int4=quantize is None)
     elif path.is_dir() or hub_repo(name) is not None:  # a hub name or an owner/name repository id
         directory = resolve_model_dir(spec)  # a hub model is downloaded into the hub cache here, once
         tok = _folder_tokenizer(directory, read_config(directory))

@@ -295,6 +295,53 @@ def test_q4_0_files_load_and_other_types_are_refused(tmp_path, tokenizers, monke
         load_gguf(tmp_path / "q41.gguf")
 
 
+@pytest.mark.parametrize("case", ["llama-gqa-llama3rope", "qwen2-gqa-tied", "qwen3-wide-heads"])
+def test_q4_0_linear_layers_stay_int4_with_the_files_integers(tmp_path, tokenizers, case):
+    """A Q4_0 block is exactly an int4 group of 32 (scale d, minimum -8d): the layers hold the file's values."""
+    from gptlab.model.gguf_names import from_pairs, gguf_name
+    from gptlab.model.quantize import Int4Linear
+    from gptlab.tokenizer.gguf_vocab import read_gguf_tensors
+
+    model = make_model(case)
+    path = tmp_path / "q4.gguf"
+    write_gguf(model, tokenizers["gpt2"], path, outtype="q4_0")
+    kept, _ = load_gguf(path)
+    floats, _ = load_gguf(path, dtype=torch.float32, keep_int4=False)
+    assert kept.quantization == {"mode": "int4", "group_size": 32} and not hasattr(floats, "quantization")
+    reader = gguf.GGUFReader(path)
+    raw = {t.name: t for t in reader.tensors}
+    layers = {n: m for n, m in kept.named_modules() if isinstance(m, Int4Linear)}
+    assert "blocks.0.att.q_proj" in layers and "out_head" in layers and layers["out_head"].group_size == 32
+    for name, layer in layers.items():
+        tied_head = name == "out_head" and kept.cfg.tie_weights
+        key = gguf_name("tok_emb.weight" if tied_head else f"{name}.weight")
+        t = raw[key]
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+        want = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).reshape(layer.out_features, -1)
+        if CASES[case][0] == "llama" and (".q_proj" in name or ".k_proj" in name):  # llama.cpp's row order
+            want = from_pairs(want, kept.cfg.n_heads if ".q_proj" in name else kept.cfg.kv_heads)
+        assert torch.equal(layer.dequantized(), want), name  # the very values llama.cpp computes with
+        # ... and the same as the dequantized float model's weight
+        assert torch.equal(layer.dequantized(), floats.get_submodule(name).weight.float()), name
+    assert layers["out_head"].qweight.dtype == torch.uint8 and kept.tok_emb.weight.dtype == torch.bfloat16
+    ids = _ids(model.cfg.vocab_size, seed=4)
+    with torch.no_grad():
+        got, want = kept(ids).float(), floats(ids)
+    assert (got - want).norm() / want.norm() < 0.03  # bf16 activations and scales, the same integers
+
+
+def test_load_model_keeps_q4_0_as_int4_unless_asked_for_another_quantization(tmp_path, tokenizers):
+    from gptlab.model.load import load_model
+    from gptlab.model.quantize import Int4Linear, Int8Linear
+
+    path = tmp_path / "q4.gguf"
+    write_gguf(make_model("qwen2-gqa-tied"), tokenizers["gpt2"], path, outtype="q4_0")
+    model, _ = load_model(path)
+    assert model.quantization["mode"] == "int4" and isinstance(model.blocks[0].ff.up, Int4Linear)
+    model, _ = load_model(path, quantize="int8")
+    assert model.quantization["mode"] == "int8" and isinstance(model.blocks[0].ff.up, Int8Linear)
+
+
 def test_unsupported_architecture_is_named(tmp_path, tokenizers, monkeypatch):
     from gptlab.model import gguf_export
 

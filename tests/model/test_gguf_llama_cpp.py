@@ -58,7 +58,7 @@ def trained(request, tmp_path_factory, shared_data):
     model, sequence = _train(request.param)
     folder = tmp_path_factory.mktemp(request.param)
     paths = {}
-    for outtype in ("f32", "bf16", "q8_0"):
+    for outtype in ("f32", "bf16", "q8_0", "q4_0"):
         paths[outtype] = folder / f"{outtype}.gguf"
         write_gguf(model, tok, paths[outtype], outtype=outtype)
     return model, tok, sequence, paths, text
@@ -77,6 +77,20 @@ def test_llama_cpp_greedy_tokens_are_gptlabs(trained, outtype):
     llm = _llama(paths[outtype])
     theirs = list(islice(llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True), 32))
     assert theirs == ours
+
+
+def test_q4_0_files_give_llama_cpps_greedy_tokens_in_int4(trained):
+    """The same 4-bit integers on both sides: llama.cpp's Q4_0 and gptlab's int4 layers read from the file."""
+    from gptlab.model.gguf_import import load_gguf
+
+    _, _, sequence, paths, _ = trained
+    loaded, _ = load_gguf(paths["q4_0"])
+    assert loaded.quantization["mode"] == "int4"
+    prompt = sequence[:6]
+    ours = loaded.generate(torch.tensor([prompt]), 32)[0, 6:].tolist()
+    llm = _llama(paths["q4_0"])
+    theirs = list(islice(llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True), 32))
+    assert theirs == ours and len(set(ours)) > 10  # (4 bits blur a tiny model's memory of the sequence a little)
 
 
 def test_llama_cpp_tokenizes_as_gptlab(trained):

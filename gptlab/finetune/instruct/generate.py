@@ -292,6 +292,9 @@ def generate_responses(
     if quantize is not None and target.type != "cpu":
         raise GptlabError(f"--quantize runs on the CPU (PyTorch's int8/int4 CPU kernels); use --device cpu, not {target}")
     model, tokenizer = load_model(model_spec, dtype=dtype, quantize=quantize, group_size=group_size)
+    if getattr(model, "quantization", None) and target.type != "cpu":  # a gptlab quantize folder, a Q4_0 file
+        raise GptlabError(f"--model {model_spec}: its int8/int4 weights run on the CPU (PyTorch's CPU kernels); "
+                          f"use --device cpu, not {target}")
     model = model.to(target).eval()
     prompt_style = prompt_format_for(model_spec, tokenizer, style)
     prompts: dict[int, list[int]] = {}
