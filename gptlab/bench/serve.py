@@ -16,8 +16,9 @@ Also measured: the server's own overhead on a keep-alive connection, as the medi
 to the engine directly, interleaved. Target: under 10 ms (the old server's split writes met the
 client's delayed ACK and took 40+ ms).
 
-bf16 weights by default (``--dtype float32`` for full precision): on CPUs with AVX512-BF16 or AMX it
-is the fast setting, and the one a CPU deployment would use.
+The weights' dtype is chosen for the machine by default (``--dtype auto``): bf16 where its matrix
+products are fast (AVX512-BF16 or AMX, the setting a CPU deployment would use), else float32; on a CPU
+without bf16 instructions a batch of 8 in bf16 is compute-bound and would measure the CPU, not the server.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def request_overhead(host: str, port: int, engine, token: int, rounds: int = 5, 
             "met": http_ms - engine_ms < OVERHEAD_TARGET_MS}
 
 
-def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 8, requests: int = 2,
+def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, requests: int = 2,
                   max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 5, stream: bool = False,
                   seed: int = 0, quantize: str | None = None) -> tuple[Result, dict[str, Any]]:
     """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result.
@@ -132,6 +133,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
     import torch
 
     from gptlab.model import GPT, PRESETS
+    from gptlab.model.device import fast_bf16
     from gptlab.model.dtypes import parse_dtype
     from gptlab.serve.engine import Engine
     from gptlab.serve.server import create_server
@@ -147,6 +149,8 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "bfloat16", clients: int = 
     if prompt_tokens + max_tokens > cfg.context_length:
         raise GptlabError(f"--prompt-tokens + --max-tokens must fit the {cfg.context_length}-token context")
     torch.manual_seed(seed)
+    if dtype == "auto":
+        dtype = "bfloat16" if fast_bf16(torch.device("cpu")) else "float32"
     model = GPT(cfg).to(parse_dtype(dtype)).eval()
     if quantize:
         from gptlab.model.quantize import quantize_model
@@ -220,8 +224,8 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
         "measure total tokens/s with N concurrent clients against one client; target >= 3x for 8 clients.",
     )
     p.add_argument("--preset", default="gpt2", help="model preset, random weights (default gpt2: 124M)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="weights dtype (default bfloat16)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="weights dtype (default auto: bfloat16 where this CPU has bf16 instructions, else float32)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (and batch slots; default 8)")
     p.add_argument("--requests", type=int, default=2, help="requests each client sends per run (default 2)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
