@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -245,6 +245,9 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
         return await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from None
+    except ClientDisconnect:  # gone mid-body: nobody to answer, and nothing to log but the access line
+        raise ApiError(400, "the client closed the connection before the body was complete",
+                       code="client_disconnected") from None
 
 
 class _EventSink:

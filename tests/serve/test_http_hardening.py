@@ -146,6 +146,19 @@ def test_every_method_and_protocol_error_is_json(server):
     assert status == 400 and err["error"]["code"] == "bad_request"
 
 
+def test_a_client_leaving_mid_body_is_no_server_error(server, caplog):
+    """No traceback ("Exception in ASGI application") for a body that never completes."""
+    for _ in range(3):
+        sock = socket.create_connection(server.server_address[:2], timeout=10)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"prompt\"")
+        time.sleep(0.1)
+        sock.close()
+    time.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    assert call(server, "GET", "/health", key=None)[0] == 200
+
+
 # ---------------------------------------------------------------------------------------- 2. slow clients
 
 
