@@ -126,18 +126,9 @@ class OutDir:
 
     def _probe_writable(self) -> None:
         """Fail now, with one line, where creating the folder would fail later."""
-        anchor = self.path.absolute()
-        while not anchor.exists():
-            anchor = anchor.parent
-        if not anchor.is_dir():
-            raise self._err(f"cannot create a folder there: {anchor} is a file")
-        try:
-            probe = tempfile.mkdtemp(prefix=".gptlab-probe-", dir=anchor)
-        except OSError as exc:
-            raise self._err(f"cannot create a folder there: {anchor} does not allow it ({_os_reason(exc)})") from None
-        os.rmdir(probe)
-        if not os.access(anchor, os.W_OK | os.X_OK):  # pragma: no cover - mkdtemp would have failed
-            raise self._err(f"cannot create a folder there (no write permission in {anchor})")
+        problem = creation_problem(self.path)
+        if problem is not None:
+            raise self._err(f"cannot create a folder there: {problem}")
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -231,3 +222,21 @@ class StagedOutDir(OutDir):
             shutil.rmtree(self._trash, ignore_errors=True)
             self._trash = None
         self._committed = True
+
+
+def creation_problem(path: Path) -> str | None:
+    """Why ``path`` (a folder, or a file's folder) could not be created under its nearest existing parent;
+    None when it could. Probed by creating a temporary folder there, so that a command fails at once rather
+    than after hours of work."""
+    anchor = Path(path).absolute()
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        return f"{anchor} is a file"
+    try:
+        probe = tempfile.mkdtemp(prefix=".gptlab-probe-", dir=anchor)
+    except OSError as exc:
+        return f"{anchor} does not allow it ({_os_reason(exc)})"
+    os.rmdir(probe)
+    return None
+

@@ -160,6 +160,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise GptlabError("--log-samples needs --output-path (the folder or file the samples go beside)")
     if results_file is not None:  # refuse before hours of evaluation, not after
         _refuse_existing([results_file], args.overwrite)
+        from gptlab.outdir import creation_problem
+
+        problem = creation_problem(results_file.parent)
+        if problem is not None:
+            raise GptlabError(f"--output-path: cannot write {results_file}: {problem}")
     manager, tasks = _task_manager(names, args.include_path)
 
     results, run_info = _evaluate(args, manager, tasks)

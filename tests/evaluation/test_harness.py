@@ -369,6 +369,10 @@ def test_eval_cli_flag_errors(capsys, tmp_path):
     assert code == 2 and "--output-path" in err and len(err.strip().splitlines()) == 1
     code, _, err = _run(capsys, "eval", "--model", "gpt-nano", "--tasks", " , ")
     assert code == 2 and "--tasks" in err and len(err.strip().splitlines()) == 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a results folder cannot be made under a file: said before any evaluation
+    code, _, err = _run(capsys, "eval", "--model", "gpt-nano", "--tasks", "x", "--output-path", str(blocker / "out"))
+    assert code == 2 and "--output-path" in err and "is a file" in err and len(err.strip().splitlines()) == 1
 
 
 def test_eval_without_lm_eval_says_how_to_install(capsys, monkeypatch):
