@@ -317,8 +317,11 @@ def test_keep_alive_requests_are_not_delayed(server):
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read())["data"][0]["id"] == "tiny"
         times.append(time.perf_counter() - start)
+    # The cause, checked directly: Nagle's algorithm is off on the server's side of the connection.
+    sockets = [c.transport.get_extra_info("socket") for c in list(server._server.server_state.connections)]
+    assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
     conn.close()
-    assert statistics.median(times) < 0.030, times  # the delayed-ACK floor is 40 ms
+    assert statistics.median(times) < 0.035, times  # the delayed-ACK floor is 40 ms
 
 
 # ---------------------------------------------------------------------------------------- 7. the chat page
