@@ -17,7 +17,11 @@ Measured, for each family:
    cache holds only the 8 key/value heads, bf16 where the CPU has fast bf16 products, else fp32);
 3. GPT-2 only, a training step (forward + backward + AdamW, batch 4 x 256): gptlab fp32 against
    ``transformers`` fp32, both with the same fused AdamW (``transformers``' Trainer default), and
-   gptlab under bf16 autocast against gptlab fp32.
+   gptlab under bf16 autocast against gptlab fp32;
+4. GPT-2 only, ``--only start``: how soon ``gptlab serve --compile`` answers ``/health`` when started
+   a second time on the same model (PyTorch's caches warm, in a fresh cache folder the first start
+   fills), against the 10 s the compiled path must start in; the cold start and the eager start are
+   reported beside it. The figure is in starts per minute, so that higher is better, as elsewhere.
 """
 
 from __future__ import annotations
@@ -200,6 +204,72 @@ def bench_kv_cache(
     )
 
 
+# ------------------------------------------------------------------------------------------ start
+
+START_TARGET_S = 10.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_ready_seconds(directory: str, dtype: str, compile_model: bool, env: dict[str, str],
+                        timeout: float = 900.0) -> float:
+    """Seconds from starting ``gptlab serve`` on ``directory`` until its ``/health`` answers (the process is then stopped)."""
+    import subprocess
+    import urllib.request
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gptlab", "serve", "--model", directory, "--dtype", dtype, "--port", str(port),
+           "--access-log", "off"] + (["--compile"] if compile_model else [])
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while time.perf_counter() - start < timeout:
+            if proc.poll() is not None:
+                lines = (proc.stderr.read() if proc.stderr else "").strip().splitlines() or [""]
+                raise GptlabError(f"bench model: gptlab serve exited with {proc.returncode}: {lines[-1][:500]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return time.perf_counter() - start
+            except OSError:
+                time.sleep(0.05)
+        raise GptlabError(f"bench model: gptlab serve was not ready after {timeout:.0f} s")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench_start(directory: str, repeats: int) -> Result:
+    """Second start of ``gptlab serve --compile`` (bf16) against the 10 s target; cold and eager starts for the record."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    with tempfile.TemporaryDirectory(prefix="gptlab-bench-cache-") as cache:
+        env["GPTLAB_CACHE_DIR"] = cache  # empty: the first start compiles, the later ones reuse its code
+        cold = serve_ready_seconds(directory, "bfloat16", True, env)
+        _log(f"first start with --compile (nothing cached): ready in {cold:.1f} s")
+        warm: list[float] = []
+        eager: list[float] = []
+        for _ in range(repeats):
+            warm.append(serve_ready_seconds(directory, "bfloat16", True, env))
+            eager.append(serve_ready_seconds(directory, "bfloat16", False, env))
+            _log(f"second start with --compile {warm[-1]:.1f} s, without {eager[-1]:.1f} s")
+    per_minute = {"serve --compile, second start": [60 / s for s in warm],
+                  "serve eager": [60 / s for s in eager],
+                  "serve --compile, first start": [60 / cold]}
+    note = (f"GPT-2 124M bf16, seconds until /health answers: second start with --compile {median(warm):.1f} s, "
+            f"first {cold:.1f} s, eager {median(eager):.1f} s; target < {START_TARGET_S:.0f} s")
+    return Result("serve --compile second start", "starts/min", 60 / median(warm), 60 / START_TARGET_S,
+                  "gptlab serve --compile (cached)", f"a {START_TARGET_S:.0f} s start", 1.0, per_minute, note)
+
+
 # ------------------------------------------------------------------------------------------ training
 
 
@@ -286,7 +356,7 @@ def run_benchmarks(
     repeats: int | None = None,
     families: list[str] | None = None,
 ) -> list[Result]:
-    """Run the selected comparisons (``generate``, ``cache``, ``train``) for each of ``families``
+    """Run the selected comparisons (``generate``, ``cache``, ``train``, ``start``) for each of ``families``
     (``gpt2``, ``qwen3``; both by default); ``quick`` shortens them."""
     try:
         import transformers  # noqa: F401
@@ -294,7 +364,8 @@ def run_benchmarks(
         raise GptlabError("gptlab bench model compares against transformers; install it (pip install transformers)") from None
     import torch
 
-    only = only or ["generate", "cache", "train"]
+    # The start comparison launches real servers for a minute or more: not part of a quick run.
+    only = only or ["generate", "cache", "train"] + ([] if quick else ["start"])
     families = families or list(FAMILIES)
     repeats = repeats or (2 if quick else 3)
     results: list[Result] = []
@@ -325,6 +396,9 @@ def run_benchmarks(
             if "train" in only and family == "gpt2":
                 _log("gpt2: training step")
                 results.extend(bench_training(directory, repeats, compile_model and not quick))
+            if "start" in only and family == "gpt2":
+                _log("gpt2: serve start with --compile, first and second")
+                results.append(bench_start(directory, repeats))
     return results
 
 
@@ -351,13 +425,14 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
         help="generation and training speed against transformers (GPT-2 and Qwen3 shapes)",
         description="gptlab's model against transformers on this CPU, same weights and inputs: GPT-2 124M "
         "(GPT2LMHeadModel) and the Qwen3-0.6B shape (Qwen3ForCausalLM): generation (batch 1 and 8), the KV "
-        "cache, and (GPT-2) a training step. Ratios come from one run: medians of interleaved repeats after a warm-up.",
+        "cache, and (GPT-2) a training step and serve --compile's second start. Ratios come from one run: medians of interleaved repeats after a warm-up.",
     )
     p.add_argument("--family", nargs="+", choices=list(FAMILIES), default=None,
                    help="which designs to measure (default: both)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats, no compilation (a smoke run)")
-    p.add_argument("--only", nargs="+", choices=["generate", "cache", "train"], help="run only these comparisons")
+    p.add_argument("--only", nargs="+", choices=["generate", "cache", "train", "start"],
+                   help="run only these comparisons (start: how soon serve --compile is ready on a second start)")
     p.add_argument("--no-compile", action="store_true", help="measure only eager gptlab (no torch.compile modes)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=None, help=f"torch threads (default: torch's, here {os.cpu_count()} CPUs)")

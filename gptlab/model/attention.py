@@ -20,7 +20,7 @@ from gptlab.model.norm import RMSNorm
 from gptlab.model.rope import apply_rope
 
 if TYPE_CHECKING:
-    from gptlab.model.kv_cache import KVCache
+    from gptlab.model.kv_cache import LayerCache
 
 
 def build_attention_mask(
@@ -97,7 +97,7 @@ class CausalSelfAttention(nn.Module):
     queries and keys first.
     """
 
-    def __init__(self, cfg: GPTConfig, layer_idx: int = 0) -> None:
+    def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.kv_heads
@@ -105,7 +105,6 @@ class CausalSelfAttention(nn.Module):
         self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
         self.dropout_p = cfg.drop_rate  # a probability for SDPA, not a module: see gptlab.model.dropout
         self.impl = cfg.attn_impl
-        self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
         if cfg.fused_qkv:
             self.qkv = nn.Linear(cfg.emb_dim, self.q_dim + 2 * self.kv_dim, bias=cfg.qkv_bias)
         else:
@@ -123,10 +122,11 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         is_causal: bool = True,
-        kv_cache: KVCache | None = None,
+        kv_cache: LayerCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``x`` is ``[B, T, emb_dim]``; ``mask``/``is_causal`` come from :func:`build_attention_mask`;
+        ``kv_cache`` is this layer's part of a cache (:meth:`gptlab.model.KVCache.layer`);
         ``rope`` is ``(cos, sin)`` from :func:`gptlab.model.rope.rope_cos_sin` for rotary models."""
         B, T, _ = x.shape
         if hasattr(self, "qkv"):
@@ -144,7 +144,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out_dtype = q.dtype
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)
+            k, v = kv_cache.update(k, v)
             q = q.to(k.dtype)  # a bf16 model may keep a float32 cache (see kv_cache.cache_dtype)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.impl == "explicit" or T == 1:

@@ -4,6 +4,13 @@ Generating one token reads every weight once, so a decode step is bound by memor
 in eager mode, by per-operator overhead, which inductor removes by fusing the small element-wise
 operators between the matmuls.
 
+Only the transformer block is compiled (regional compilation); the embeddings before it and the
+final norm and output head after it run eagerly (:meth:`gptlab.model.GPT.embed`, :meth:`~gptlab.model.GPT.head`).
+Every block runs the same code on its own weights and its own part of the cache
+(:class:`gptlab.model.kv_cache.LayerCache`, which carries no layer index), so dynamo traces one
+block, not n_layers of them, and one graph serves them all: GPT-2 124M, first start 35 s instead of
+151 s; ``serve --compile`` ready again on a second start in 8 s instead of 31-43 s; tokens/s unchanged.
+
 What makes a second start fast is PyTorch's own persistent caches (inductor's FX graph cache, which
 keeps the generated and compiled C++ code, and the AOT autograd cache). These choices keep them usable:
 
@@ -16,6 +23,7 @@ keeps the generated and compiled C++ code, and the AOT autograd cache). These ch
   about 10% less).
 * ``specialize_float``: with dynamic shapes, dynamo would otherwise trace module floats (LayerNorm eps,
   dropout p) as symbols and then restart the whole trace once they turn out to be constants.
+* The batch dimension is unbacked (:func:`_any_batch`): one graph for one row and for many.
 * No duck sizing, and callers pass a cache view that ends at this step's last position
   (:meth:`gptlab.model.KVCache.step_view`): shape coincidences at trace time would otherwise become
   guards, and the first step without them would compile again (a minute, mid-generation).
@@ -85,15 +93,27 @@ def use_compile_cache() -> str | None:
     return str(folder)
 
 
-def _decode_forward(model, idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
-    """The function handed to torch.compile: one decode step (its own code object, reset on its own)."""
-    return model(idx, attention_mask=attention_mask, kv_cache=kv_cache, position_ids=position_ids, last_only=True)
+def _block_forward(block, x, mask, is_causal, layer_cache, rope):  # noqa: ANN001, ANN202
+    """The function handed to torch.compile: one block of a decode step (its own code object, reset on its own)."""
+    return block(x, mask, is_causal, layer_cache, rope)
+
+
+def _any_batch(*tensors: torch.Tensor | None) -> None:
+    """Let the compiled block take any batch size, 1 included.
+
+    Dynamic shapes still specialise a size of 1, so one row and two would be two graphs, each traced
+    again on every start (about 2 s each with the caches warm). An unbacked batch dimension carries no
+    such guard: one graph serves one row and many.
+    """
+    for t in tensors:
+        if t is not None:
+            torch._dynamo.decorators.mark_unbacked(t, 0)
 
 
 def _forget_compiled() -> None:
-    # Dynamo guards on the model object: without this, every model ever used would keep a compiled
-    # entry (and count towards dynamo's recompile limit) after it is gone.
-    torch._dynamo.reset_code(_decode_forward.__code__)
+    # Dynamo guards on the blocks' structure: without this, every model ever used would keep its
+    # compiled entries (and count towards dynamo's recompile limit) after it is gone.
+    torch._dynamo.reset_code(_block_forward.__code__)
 
 
 def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
@@ -112,14 +132,22 @@ def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] 
     if _compiled is None:
         use_compile_cache()
         # dynamic=True: one graph serves every cache length (and every batch size above 1).
-        _compiled = torch.compile(_decode_forward, dynamic=True)
+        _compiled = torch.compile(_block_forward, dynamic=True)
 
     def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
         # The options only while this graph compiles or runs, so that no other torch.compile in the
         # process (a training loop's, say) is changed.
         with (torch._inductor.config.patch(_INDUCTOR_OPTIONS), torch._dynamo.config.patch(_DYNAMO_OPTIONS),
               torch.fx.experimental._config.patch(_SHAPE_OPTIONS)):
-            return _compiled(model, idx, attention_mask, kv_cache, position_ids)
+            inputs = model.embed(idx, attention_mask, kv_cache, position_ids)
+            x = inputs.x
+            _any_batch(x, inputs.mask, *(inputs.rope or ()))
+            for i, block in enumerate(model.blocks):
+                layer = kv_cache.layer(i)
+                _any_batch(layer.keys, layer.values)
+                x = _compiled(block, x, inputs.mask, inputs.is_causal, layer, inputs.rope)
+            kv_cache.advance(idx.size(1))
+            return model.head(x, last_only=True)
 
     return step
 

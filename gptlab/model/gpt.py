@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,15 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     different positions than the same prompt alone (``transformers`` does the same).
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+class BlockInputs(NamedTuple):
+    """What every block of one forward pass receives besides the previous block's output."""
+
+    x: torch.Tensor  # [B, T, emb_dim]: the embedded tokens, the first block's input
+    mask: torch.Tensor | None  # from build_attention_mask
+    is_causal: bool
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) for rotary models
 
 
 class _SkipInit(TorchFunctionMode):
@@ -62,7 +71,7 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.positions == "learned" else None
         self.rope_inv_freq = inverse_frequencies(cfg) if cfg.positions == "rope" else None
         self.drop_emb = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = make_norm(cfg)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -110,6 +119,31 @@ class GPT(nn.Module):
         * ``position_ids``: ``[B, T]`` positions; by default counted from the mask or the cache.
         * ``last_only``: compute logits for the last position only (all generation needs).
         """
+        inputs = self.embed(idx, attention_mask, kv_cache, position_ids)
+        x = inputs.x
+        for i, block in enumerate(self.blocks):
+            x = block(x, inputs.mask, inputs.is_causal, kv_cache.layer(i) if kv_cache is not None else None, inputs.rope)
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        logits = self.head(x, last_only)
+        if targets is None:
+            return logits
+        # Cross-entropy in float32 even when the model runs in bf16: the log-sum-exp over 50k logits needs it.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def embed(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> BlockInputs:
+        """Everything before the first block: token (and position) embeddings, the mask, rotary angles.
+
+        Arguments as in :meth:`forward`, which is ``embed``, the blocks, then :meth:`head`; a compiled
+        decode step (:mod:`gptlab.model.compiled`) runs the same three parts with compiled blocks.
+        """
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.cfg.context_length:
@@ -133,19 +167,14 @@ class GPT(nn.Module):
             rope = rope_cos_sin(self.rope_inv_freq, position_ids, x.dtype)
         x = self.drop_emb(x)
         mask, is_causal = build_attention_mask(T, past, attention_mask, idx.device)
-        for block in self.blocks:
-            x = block(x, mask, is_causal, kv_cache, rope)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        return BlockInputs(x, mask, is_causal, rope)
+
+    def head(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Everything after the last block: the final norm and the output head (at the last position only if asked)."""
         x = self.final_norm(x)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.out_head(x)
-        if targets is None:
-            return logits
-        # Cross-entropy in float32 even when the model runs in bf16: the log-sum-exp over 50k logits needs it.
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        return self.out_head(x)
 
     # ------------------------------------------------------------------ sizes
 

@@ -27,6 +27,31 @@ def cache_dtype(model: torch.nn.Module) -> torch.dtype:
     return weight.dtype
 
 
+class LayerCache:
+    """One layer's view of a cache: its key and value buffers and where this forward pass writes.
+
+    The attention layer sees only this, never the whole cache or its own index, so every block runs
+    the same code on different tensors (what lets one compiled block serve all of them, see
+    :mod:`gptlab.model.compiled`).
+    """
+
+    __slots__ = ("keys", "values", "start", "max_len")
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, start: int, max_len: int) -> None:
+        self.keys, self.values = keys, values  # [B, kv_heads, >= start + T, D]
+        self.start = start  # positions already cached: the new keys/values go here
+        self.max_len = max_len
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values ``[B, H, T, D]`` after the cached ones; return all of them."""
+        start, end = self.start, self.start + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.keys[:, :, start:end].copy_(k)
+        self.values[:, :, start:end].copy_(v)
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class KVCache:
     """Pre-allocated ``[batch, kv_heads, max_len, head_dim]`` key and value buffers for every layer.
 
@@ -88,14 +113,13 @@ class KVCache:
         end = self.length + n_new
         return KVCache.over([k[:, :, :end] for k in self.keys], [v[:, :, :end] for v in self.values], self.length)
 
+    def layer(self, i: int) -> LayerCache:
+        """Layer ``i``'s part of the cache, writing after the ``length`` positions already filled."""
+        return LayerCache(self.keys[i], self.values[i], self.length, self.max_len)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``layer``'s new keys/values ``[B, H, T, D]`` after the cached ones; return all of them."""
-        start, end = self.length, self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
-        self.keys[layer][:, :, start:end].copy_(k)
-        self.values[layer][:, :, start:end].copy_(v)
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        return self.layer(layer).update(k, v)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward pass, after the last layer)."""

@@ -17,7 +17,7 @@ from gptlab.model.config import GPTConfig
 from gptlab.model.norm import make_norm
 
 if TYPE_CHECKING:
-    from gptlab.model.kv_cache import KVCache
+    from gptlab.model.kv_cache import LayerCache
 
 
 def activation(cfg: GPTConfig, x: torch.Tensor) -> torch.Tensor:
@@ -64,10 +64,10 @@ class GatedFeedForward(nn.Module):
 class Block(nn.Module):
     """``x + attn(norm1(x))`` then ``x + ff(norm2(x))``, with dropout on each branch (the book's drop_shortcut)."""
 
-    def __init__(self, cfg: GPTConfig, layer_idx: int = 0) -> None:
+    def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.norm1 = make_norm(cfg)
-        self.att = CausalSelfAttention(cfg, layer_idx)
+        self.att = CausalSelfAttention(cfg)
         self.norm2 = make_norm(cfg)
         self.ff = GatedFeedForward(cfg) if cfg.mlp == "gated" else FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
@@ -77,7 +77,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         is_causal: bool = True,
-        kv_cache: KVCache | None = None,
+        kv_cache: LayerCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One block; arguments as in :meth:`CausalSelfAttention.forward`."""

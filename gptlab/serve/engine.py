@@ -471,10 +471,10 @@ class Engine:
     def warm_up(self) -> bool:
         """Compile the decode step (before :meth:`start`; once); returns whether steps now run compiled.
 
-        Dynamic shapes make one graph serve every cache width, and one every batch size above 1
-        (size 1 is always its own graph), so two warm-up steps, with one row and with two, compile
-        everything the engine will meet. The rows are dummies, freed afterwards. With PyTorch's
-        persistent caches warm (a second start on the same model) this takes seconds.
+        One compiled block serves every layer, cache width and number of rows
+        (:mod:`gptlab.model.compiled`); the warm-up steps, with one row and with two, compile it and
+        check that both run without compiling again. The rows are dummies, freed afterwards. With
+        PyTorch's persistent caches warm (a second start on the same model) this takes seconds.
         """
         from gptlab.model.compiled import compiled_decode_step, disable_compiled
 

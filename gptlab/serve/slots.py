@@ -18,14 +18,14 @@ written at position ``W``, and each row gets its own position id (its own length
   (requests are admitted only if prompt + max_tokens fits the context, so that padding is >= 1).
 
 The object implements the three things :meth:`gptlab.model.GPT.forward` uses of a cache
-(``length``, ``update``, ``advance``), for the active rows only.
+(``length``, ``layer``, ``advance``), for the active rows only.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gptlab.model.kv_cache import KVCache, cache_dtype
+from gptlab.model.kv_cache import KVCache, LayerCache, cache_dtype
 
 
 class SlotCache:
@@ -77,14 +77,13 @@ class SlotCache:
         """Positions already cached (the shared width); the model calls this ``past``."""
         return self.width
 
+    def layer(self, i: int) -> LayerCache:
+        """Layer ``i``'s buffers for the active rows, writing at ``W``."""
+        return LayerCache(self.keys[i][: self.n], self.values[i][: self.n], self.width, self.max_len)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the active rows' new keys/values ``[n, H, T, D]`` at ``W``; return positions ``0 .. W+T``."""
-        start, end = self.width, self.width + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"slot cache overflow: {end} positions > max_len {self.max_len}")
-        self.keys[layer][: self.n, :, start:end].copy_(k)
-        self.values[layer][: self.n, :, start:end].copy_(v)
-        return self.keys[layer][: self.n, :, :end], self.values[layer][: self.n, :, :end]
+        return self.layer(layer).update(k, v)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled in every active row."""

@@ -37,3 +37,33 @@ def test_table_columns_stay_apart_for_long_names():
     lines = format_table([r]).splitlines()
     assert lines[1].startswith("qwen3-0.6b KV cache vs none ")
     assert any(line.strip().startswith("qwen3-0.6b KV cache vs none") and " gptlab fp32 cache" in line for line in lines[3:])
+
+
+def test_serve_ready_seconds_times_a_real_start_and_stops_the_server():
+    """The start comparison's clock: a real ``gptlab serve`` until /health answers; the server is stopped after."""
+    import os
+
+    import pytest
+
+    from gptlab.bench.model import serve_ready_seconds
+    from gptlab.errors import GptlabError
+
+    def children() -> set[int]:
+        """Live (not zombie) processes whose parent is this one, from /proc."""
+        found = set()
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == str(os.getpid()) and fields[0] != "Z":
+                found.add(int(entry))
+        return found
+
+    before = children()
+    seconds = serve_ready_seconds("gpt-nano", "float32", False, dict(os.environ))
+    assert 0 < seconds < 120
+    assert children() <= before
+    with pytest.raises(GptlabError, match="gptlab serve exited with 2: .*no-such-model"):
+        serve_ready_seconds("no-such-model", "float32", False, dict(os.environ))

@@ -99,3 +99,49 @@ def test_a_fresh_process_reuses_the_compiled_code():
     assert second["inductor"].get("fxgraph_cache_miss", 0) == 0, second
     assert second["aot"].get("autograd_cache_hit", 0) >= 1, second
     assert second["aot"].get("autograd_cache_miss", 0) == 0, second
+
+
+def _graphs_and_ops(model: GPT, prompts: list[list[int]]) -> tuple[int, int]:
+    """(graphs dynamo compiled, operators they captured) when ``model`` generates from ``prompts``, compiled."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # forget every compiled entry in this process, so that this model compiles its own
+    counters.clear()
+    assert model.generate(prompts, 6, compile=True) == model.generate(prompts, 6)
+    return counters["stats"]["unique_graphs"], counters["stats"]["calls_captured"]
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+def test_one_compiled_block_serves_every_layer_and_batch_size():
+    """Regional compilation: one graph of one block, whatever the depth, and no new graph for another batch size.
+
+    A whole-model graph would capture three times the operators for three layers, and dynamo's
+    specialisation of size 1 would compile one row apart from two (each traced again on every start).
+    """
+    from torch._dynamo.utils import counters
+
+    from gptlab.model import KVCache
+    from gptlab.model.compiled import compiled_decode_step
+
+    cfg = CFG.replace(emb_dim=48, n_layers=3)  # a shape no other test compiles
+    torch.manual_seed(5)
+    deep = GPT(cfg).eval()
+    padded = [[5, 17, 3], [9, 1, 44, 2, 80, 13, 7]]  # a left-padded batch: the step gets a mask
+    graphs, ops_deep = _graphs_and_ops(deep, padded)
+    assert graphs == 1
+    # One row with a mask (as the server's steps have), then three rows: the same graph.
+    step = compiled_decode_step(deep)
+    with torch.inference_mode():  # as generate and the server run (grad mode is one of dynamo's guards)
+        for rows in (1, 3):
+            cache = KVCache.for_model(deep, rows, max_len=8, spare=1)
+            deep(torch.full((rows, 4), 7), kv_cache=cache)
+            expected = deep(torch.full((rows, 1), 3), kv_cache=KVCache.over(
+                [k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length))[:, -1]
+            mask = torch.ones(rows, cache.length + 1, dtype=torch.long)
+            got = step(torch.full((rows, 1), 3), mask, cache.step_view(), torch.full((rows, 1), 4))[:, -1]
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.manual_seed(5)
+    shallow = GPT(cfg.replace(n_layers=1)).eval()
+    assert _graphs_and_ops(shallow, padded) == (1, ops_deep)
