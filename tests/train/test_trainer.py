@@ -151,6 +151,28 @@ def test_metrics_and_plot_are_written(tmp_path):
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
+def test_the_plot_is_redrawn_at_most_every_interval_and_at_the_end(tmp_path, monkeypatch):
+    """Frequent evaluations do not each pay for a matplotlib plot, yet loss.png ends with every record."""
+    import gptlab.train.trainer as trainer
+
+    drawn: list[int] = []
+    real = trainer.plot_curves
+
+    def counting(records, path, **kw):
+        drawn.append(len(records))
+        real(records, path, **kw)
+
+    monkeypatch.setattr(trainer, "plot_curves", counting)
+    monkeypatch.setattr(trainer, "PLOT_INTERVAL_S", 3600.0)
+    run = tmp_path / "p"
+    pretrain(small_cfg(run, max_steps=8, eval_interval=2), progress=False, log=lambda m: None)
+    assert drawn == [1, 5]  # the first evaluation, then the end with all 5 records (steps 0, 2, 4, 6, 8)
+    monkeypatch.setattr(trainer, "PLOT_INTERVAL_S", 0.0)
+    drawn.clear()
+    pretrain(small_cfg(tmp_path / "q", max_steps=8, eval_interval=2), progress=False, log=lambda m: None)
+    assert drawn == [1, 2, 3, 4, 5]  # every evaluation once the interval has passed, and no extra at the end
+
+
 def test_eval_batch_size_regroups_the_same_windows(tmp_path):
     """2 batches of 4 windows and 1 batch of 8 cover the same windows: the same validation loss."""
     a = pretrain(small_cfg(tmp_path / "a", max_steps=3, eval_interval=3), progress=False, log=lambda m: None)
