@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "error (default 30)")
     s.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile before serving (faster steps; the first start "
-                        "takes a minute or two, later ones reuse the cached code)")
+                        "compiles for half a minute or so, later ones reuse the cached code)")
     s.set_defaults(func=cmd_serve)
 
     c = subparsers.add_parser(
