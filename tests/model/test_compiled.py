@@ -145,3 +145,22 @@ def test_one_compiled_block_serves_every_layer_and_batch_size():
     torch.manual_seed(5)
     shallow = GPT(cfg.replace(n_layers=1)).eval()
     assert _graphs_and_ops(shallow, padded) == (1, ops_deep)
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+@pytest.mark.parametrize("mode, design", [("int8", "gpt2"), ("int4", "llama")])
+def test_quantized_models_compile_to_the_same_tokens(mode, design):
+    """``generate --quantize ... --compile``: the packed int8/int4 kernels inside the compiled block."""
+    from gptlab.model.config import modern
+    from gptlab.model.quantize import quantize_model
+
+    shape = dict(vocab_size=101, context_length=24, emb_dim=64, n_heads=4, n_layers=2)
+    cfg = GPTConfig(**shape, drop_rate=0.0) if design == "gpt2" else modern(**shape, n_kv_heads=2)
+    torch.manual_seed(3)
+    m = GPT(cfg).eval()
+    with torch.no_grad():
+        m.out_head.weight.mul_(30)  # sharp logits: bf16 rounding cannot flip a greedy choice
+    m = m.to(torch.bfloat16)
+    quantize_model(m, mode)
+    assert m.generate(PROMPTS, 6, compile=True) == m.generate(PROMPTS, 6)
