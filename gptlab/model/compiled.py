@@ -98,15 +98,17 @@ def _block_forward(block, x, mask, is_causal, layer_cache, rope):  # noqa: ANN00
     return block(x, mask, is_causal, layer_cache, rope)
 
 
-def _any_batch(*tensors: torch.Tensor | None) -> None:
+def _any_batch(batch: int, *tensors: torch.Tensor | None) -> None:
     """Let the compiled block take any batch size, 1 included.
 
     Dynamic shapes still specialise a size of 1, so one row and two would be two graphs, each traced
     again on every start (about 2 s each with the caches warm). An unbacked batch dimension carries no
-    such guard: one graph serves one row and many.
+    such guard: one graph serves one row and many. Only a first dimension that is the batch is marked:
+    rotary angles shared by every row (``[1, 1, T, D]``) keep their 1, which broadcasts; marked, it
+    would be taken for the batch and the first batch of two would fail the graph's checks.
     """
     for t in tensors:
-        if t is not None:
+        if t is not None and t.size(0) == batch:
             torch._dynamo.decorators.mark_unbacked(t, 0)
 
 
@@ -131,7 +133,7 @@ def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] 
         model.__dict__[_KEY_ATTR] = True
     if _compiled is None:
         use_compile_cache()
-        # dynamic=True: one graph serves every cache length (and every batch size above 1).
+        # dynamic=True: one graph serves every cache length (and _any_batch: every batch size).
         _compiled = torch.compile(_block_forward, dynamic=True)
 
     def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
@@ -141,10 +143,11 @@ def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] 
               torch.fx.experimental._config.patch(_SHAPE_OPTIONS)):
             inputs = model.embed(idx, attention_mask, kv_cache, position_ids)
             x = inputs.x
-            _any_batch(x, inputs.mask, *(inputs.rope or ()))
+            rows = x.size(0)
+            _any_batch(rows, x, inputs.mask, *(inputs.rope or ()))
             for i, block in enumerate(model.blocks):
                 layer = kv_cache.layer(i)
-                _any_batch(layer.keys, layer.values)
+                _any_batch(rows, layer.keys, layer.values)
                 x = _compiled(block, x, inputs.mask, inputs.is_causal, layer, inputs.rope)
             kv_cache.advance(idx.size(1))
             return model.head(x, last_only=True)

@@ -164,3 +164,21 @@ def test_quantized_models_compile_to_the_same_tokens(mode, design):
     m = m.to(torch.bfloat16)
     quantize_model(m, mode)
     assert m.generate(PROMPTS, 6, compile=True) == m.generate(PROMPTS, 6)
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+def test_rotary_models_compile_for_one_row_shared_angles_and_padded_rows():
+    """Rotary angles shared by an unpadded batch (``[1, ...]``) are not the batch: compiling must not fail over them."""
+    import warnings
+
+    from gptlab.model.config import modern
+
+    torch.manual_seed(4)
+    m = GPT(modern(vocab_size=101, context_length=24, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2)).eval()
+    with torch.no_grad():
+        m.out_head.weight.mul_(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "torch.compile failed ...; generating with the eager model"
+        for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5, 6]], PROMPTS):
+            assert m.generate(prompts, 6, compile=True) == m.generate(prompts, 6), prompts
