@@ -473,7 +473,7 @@ class Engine:
 
         One compiled block serves every layer, cache width and number of rows
         (:mod:`gptlab.model.compiled`); the warm-up steps, with one row and with two, compile it and
-        check that both run without compiling again. The rows are dummies, freed afterwards. With
+        run both shapes once (the second reuses the graph). The rows are dummies, freed afterwards. With
         PyTorch's persistent caches warm (a second start on the same model) this takes seconds.
         """
         from gptlab.model.compiled import compiled_decode_step, disable_compiled
