@@ -226,12 +226,16 @@ def serve_ready_seconds(directory: str, dtype: str, compile_model: bool, env: di
     port = _free_port()
     cmd = [sys.executable, "-m", "gptlab", "serve", "--model", directory, "--dtype", dtype, "--port", str(port),
            "--access-log", "off"] + (["--compile"] if compile_model else [])
+    # stderr to a file, not a pipe: nobody reads a pipe while the server starts, and a compilation's
+    # warnings could fill it and stall the server on a blocked write.
+    errors = tempfile.TemporaryFile(mode="w+")
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
     try:
         while time.perf_counter() - start < timeout:
             if proc.poll() is not None:
-                lines = (proc.stderr.read() if proc.stderr else "").strip().splitlines() or [""]
+                errors.seek(0)
+                lines = errors.read().strip().splitlines() or [""]
                 raise GptlabError(f"bench model: gptlab serve exited with {proc.returncode}: {lines[-1][:500]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
@@ -246,6 +250,7 @@ def serve_ready_seconds(directory: str, dtype: str, compile_model: bool, env: di
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        errors.close()
 
 
 def bench_start(directory: str, repeats: int) -> Result:

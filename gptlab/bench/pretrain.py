@@ -31,13 +31,23 @@ from pathlib import Path
 
 TARGET_LOSS = 1.88
 
+# The race's evaluations. A whole-split evaluation costs about a quarter of the training time between
+# two of them, so the trainer screens every SCREEN_INTERVAL steps on its first SCREEN_WINDOWS
+# validation windows (1/14 of the split), and the whole split (the recipe's measure) is evaluated
+# only when the screen, corrected by the gap seen at the last whole evaluation, comes within
+# SCREEN_MARGIN of the target.
+SCREEN_INTERVAL = 25
+SCREEN_WINDOWS = 128
+SCREEN_MARGIN = 0.01
+
+
 # gptlab's settings for the time-to-quality race: the recipe's model shape (4 layers, 4 heads, 128 dims,
 # block 64, tied embeddings, no dropout) with what makes it faster on a CPU:
 # * bf16 autocast (where bf16 is fast), fused AdamW, a larger batch (32) with a larger learning rate;
 # * explicit attention: for heads this small, torch's fused CPU attention kernels (bf16 backward
 #   especially) are slower than two batched matmuls and a softmax;
 # * exact GELU (as the recipe uses), about 2x cheaper than the tanh form on CPUs;
-# * evaluation in batches of 256 windows (the recipe's evaluation batch too).
+# * cheap screening evaluations, and the whole split only near the target (see SCREEN_INTERVAL).
 # With the cosine planned over 1,000 steps, B=32 reached the target in ~1.1-1.3M tokens (550-650 steps
 # with lr 4-8e-3); B=64 needed 1.8M, B=16 1.0M but at twice the steps. Planned over 600 steps, B=32
 # reaches it at step 500 (1.02M tokens; 550 steps: 525, 500: not reached): the learning rate has
@@ -53,19 +63,10 @@ FAST_CHAR = dict(
     warmup_steps=50,
     beta2=0.99,
     max_steps=600,
-    eval_interval=50,
-    eval_batch_size=256,
+    eval_interval=SCREEN_INTERVAL,
+    eval_batches=1,
+    eval_batch_size=SCREEN_WINDOWS,
 )
-
-
-# The race's evaluations. A whole-split evaluation costs about a quarter of the training time between
-# two of them, so the trainer screens every SCREEN_INTERVAL steps on its first SCREEN_WINDOWS
-# validation windows (1/14 of the split), and the whole split (the recipe's measure) is evaluated
-# only when the screen, corrected by the gap seen at the last whole evaluation, comes within
-# SCREEN_MARGIN of the target.
-SCREEN_INTERVAL = 25
-SCREEN_WINDOWS = 128
-SCREEN_MARGIN = 0.01
 
 
 # Tokens the race model needs to reach the target at each batch size (measured: convergence per token
@@ -321,16 +322,14 @@ def time_to_quality(
         run_dir = work / ("ttq" if key == "gptlab" else "ttq-llama")
         model_cfg = GPTConfig.from_preset(entry["preset"], vocab_size=data.n_vocab, **entry["model"])
         whole = WholeSplitCheck(GPT(model_cfg), run_dir, evaluate, target)
-        cfg = TrainConfig(data=str(data_dir), time_budget="", sample_tokens=1, out=str(run_dir), keep_last=1,
-                          **{**entry, "eval_interval": SCREEN_INTERVAL, "eval_batches": 1,
-                             "eval_batch_size": SCREEN_WINDOWS})
+        cfg = TrainConfig(data=str(data_dir), time_budget="", sample_tokens=1, out=str(run_dir), keep_last=1, **entry)
         shutil.rmtree(run_dir, ignore_errors=True)
         whole.start()
         res = pretrain(cfg, progress=False, on_eval=whole.on_eval, log=_quiet)
         history = whole.finish()
         reached = next((t for _, t, v in history if v <= target), None)
         out[key] = {
-            "settings": {**entry, "eval_interval": SCREEN_INTERVAL, "screen_windows": SCREEN_WINDOWS},
+            "settings": entry,
             "parameters": count_parameters(model_cfg)[0],
             "seconds_to_target": reached,
             "final_val_loss": history[-1][2],

@@ -121,7 +121,7 @@ def _forget_compiled() -> None:
 def compiled_decode_step(model: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
     """A compiled ``step(idx, attention_mask, kv_cache, position_ids) -> logits`` for ``model``.
 
-    ``kv_cache`` is anything with a :class:`gptlab.model.KVCache`'s ``length``/``update``/``advance``.
+    ``kv_cache`` is anything with a :class:`gptlab.model.KVCache`'s ``length``/``layer``/``advance``.
     None when compiling this model already failed once (the caller then stays eager).
     """
     global _compiled

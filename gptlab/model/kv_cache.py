@@ -117,10 +117,6 @@ class KVCache:
         """Layer ``i``'s part of the cache, writing after the ``length`` positions already filled."""
         return LayerCache(self.keys[i], self.values[i], self.length, self.max_len)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``layer``'s new keys/values ``[B, H, T, D]`` after the cached ones; return all of them."""
-        return self.layer(layer).update(k, v)
-
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward pass, after the last layer)."""
         self.length += n

@@ -81,10 +81,6 @@ class SlotCache:
         """Layer ``i``'s buffers for the active rows, writing at ``W``."""
         return LayerCache(self.keys[i][: self.n], self.values[i][: self.n], self.width, self.max_len)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the active rows' new keys/values ``[n, H, T, D]`` at ``W``; return positions ``0 .. W+T``."""
-        return self.layer(layer).update(k, v)
-
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled in every active row."""
         self.mask[: self.n, self.width : self.width + n] = 1

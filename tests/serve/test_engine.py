@@ -153,7 +153,7 @@ def test_slot_cache_moves_rows_and_keeps_masks():
         from gptlab.model.kv_cache import KVCache
 
         kv = KVCache(1, 1, 1, 1, len(values))
-        kv.update(0, torch.tensor(values).view(1, 1, -1, 1), torch.tensor(values).view(1, 1, -1, 1))
+        kv.layer(0).update(torch.tensor(values).view(1, 1, -1, 1), torch.tensor(values).view(1, 1, -1, 1))
         kv.advance(len(values))
         return kv
 
@@ -171,7 +171,7 @@ def test_slot_cache_moves_rows_and_keeps_masks():
     for _ in range(4):  # four decode steps fill the buffer
         cache.make_room()
         cache.step_mask()
-        cache.update(0, torch.full((2, 1, 1, 1), 9.0), torch.full((2, 1, 1, 1), 9.0))
+        cache.layer(0).update(torch.full((2, 1, 1, 1), 9.0), torch.full((2, 1, 1, 1), 9.0))
         cache.advance(1)
     assert cache.width == 8 and row(0) == [3, 4, 5, 6, 9, 9, 9, 9] and row(1) == [7, 9, 9, 9, 9]
     assert cache.step_positions().tolist() == [[8], [5]]
