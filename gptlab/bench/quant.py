@@ -7,7 +7,9 @@ Speed (GPT-2 124M, or the Qwen3-0.6B shape, random weights written once by ``tra
   ``gptlab export --format gguf``) when the ``llama_cpp`` package is installed; otherwise against the
   faster of ``transformers``' fp32 and bf16 ``generate``;
 * batch 1 and 8: gptlab's eager bf16 (no compile) against ``transformers``' faster mode, and int8/int4
-  at batch 8.
+  at batch 8;
+* GPT-2 batch 1: int8 through ``--compile max-autotune`` (frozen weights, inductor's generated GEMMs)
+  against the same reference as eager int8.
 
 Quality, on models trained here: the validation perplexity of a pretraining run (the main job's
 by default) in bf16 against int8 and int4, and a classifier's test accuracy in bf16 against int8
@@ -83,8 +85,11 @@ def _llama_cpp_rate(gguf_path: str, prompt: list[int], new_tokens: int) -> Calla
 
 
 def bench_speed(directory: str, family: str, batch: int, new_tokens: int, repeats: int,
-                gguf_path: str | None) -> list[Result]:
-    """gptlab bf16/int8/int4 against transformers (and, at batch 1, llama.cpp Q8_0) on one set of weights."""
+                gguf_path: str | None, compiled: bool = False) -> list[Result]:
+    """gptlab bf16/int8/int4 against transformers (and, at batch 1, llama.cpp Q8_0) on one set of weights.
+
+    ``compiled``: int8 through ``compile="max-autotune"`` too (compiled before the timed rounds).
+    """
     import torch
 
     from gptlab.bench.model import _gen_rate, _vocab_size, hf_generation_contenders
@@ -96,6 +101,13 @@ def bench_speed(directory: str, family: str, batch: int, new_tokens: int, repeat
         ours = _our_model(directory, mode)
         ours.generate(prompt, 2)
         contenders[f"gptlab {mode}"] = _gen_rate(lambda ours=ours: ours.generate(prompt, new_tokens), batch * new_tokens)
+    if compiled:
+        ours = _our_model(directory, "int8")
+        start = time.perf_counter()
+        ours.generate(prompt, 2, compile="max-autotune")
+        _log(f"int8 max-autotune compiled in {time.perf_counter() - start:.0f} s")
+        contenders["gptlab int8 max-autotune"] = _gen_rate(
+            lambda: ours.generate(prompt, new_tokens, compile="max-autotune"), batch * new_tokens)
     llama = _llama_cpp_rate(gguf_path, prompt[0].tolist(), new_tokens) if gguf_path and batch == 1 else None
     if llama is not None:
         contenders["llama.cpp Q8_0"] = llama
@@ -112,9 +124,13 @@ def bench_speed(directory: str, family: str, batch: int, new_tokens: int, repeat
     if llama is not None:
         results += [row("int8 b1 vs llama.cpp Q8_0", "gptlab int8", "llama.cpp Q8_0", 1.0),
                     row("int4 b1 vs llama.cpp Q8_0", "gptlab int4", "llama.cpp Q8_0", 1.5)]
+        if compiled:
+            results.append(row("int8 max-autotune b1 vs llama.cpp Q8_0", "gptlab int8 max-autotune", "llama.cpp Q8_0", 1.0))
     else:
         results += [row(f"int8 b{batch} vs transformers", "gptlab int8", hf_best, 2.5),
                     row(f"int4 b{batch} vs transformers", "gptlab int4", hf_best, 2.5)]
+        if compiled:
+            results.append(row(f"int8 max-autotune b{batch} vs transformers", "gptlab int8 max-autotune", hf_best, 2.5))
     return results
 
 
@@ -219,8 +235,13 @@ def _train_quality_models(work: Path, budget: str) -> tuple[str, str]:
 
 
 def run_benchmarks(families: list[str], repeats: int, quick: bool, run_dir: str | None, classifier: str | None,
-                   skip_quality: bool, skip_speed: bool, budget: str) -> tuple[list[Result], dict[str, Any]]:
-    """The speed comparisons for each of ``families`` and the quality ones; returns results and setup."""
+                   skip_quality: bool, skip_speed: bool, budget: str,
+                   compiled: bool = False) -> tuple[list[Result], dict[str, Any]]:
+    """The speed comparisons for each of ``families`` and the quality ones; returns results and setup.
+
+    ``compiled``: int8 with ``--compile max-autotune`` at batch 1 as well (GPT-2's shape only: the
+    Qwen3 shape's 28 layers take many minutes to compile this way).
+    """
     import torch
 
     results: list[Result] = []
@@ -241,7 +262,8 @@ def run_benchmarks(families: list[str], repeats: int, quick: bool, run_dir: str 
                 for batch in (1, 8):
                     _log(f"{family}: generation, batch {batch}")
                     tokens = new_tokens if batch == 1 else min(new_tokens, NEW_TOKENS_BATCH8)
-                    rows = bench_speed(directory, family, batch, tokens, repeats, gguf_path)
+                    rows = bench_speed(directory, family, batch, tokens, repeats, gguf_path,
+                                       compiled=compiled and batch == 1 and family == "gpt2")
                     for r in rows:  # as they come: a long run that is stopped still shows what it measured
                         _log(f"{r.name}: {r.ours:.1f} vs {r.reference:.1f} {r.unit} ({r.ratio:.2f}x, target {r.target:g}x)")
                     results += rows
@@ -266,7 +288,7 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
     families = args.family or ["gpt2"]
     repeats = args.repeats or (2 if args.quick else 5)
     results, setup = run_benchmarks(families, repeats, args.quick, args.run, args.classifier, args.skip_quality,
-                                    args.skip_speed, args.train_budget)
+                                    args.skip_speed, args.train_budget, compiled=not (args.quick or args.skip_compiled))
     if args.json:
         print(json.dumps({"target": "quant", "setup": setup, "results": [r.to_dict() for r in results]}, indent=2))
     else:
@@ -295,6 +317,9 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-budget", default="3m", help="time budget of the main job trained without --run (default 3m)")
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--skip-speed", action="store_true", help="quality only")
+    p.add_argument("--skip-compiled", action="store_true",
+                   help="leave out int8 with --compile max-autotune (GPT-2 batch 1; it compiles for minutes on a "
+                        "first run); also left out with --quick")
     p.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 2 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch (and llama.cpp) threads (default: torch's)")

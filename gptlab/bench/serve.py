@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gptlab.cli.quantize_cmds import add_compile_flag
 from gptlab.bench.report import Result, format_table, interleaved, median
 from gptlab.errors import GptlabError
 
@@ -126,10 +127,12 @@ def request_overhead(host: str, port: int, engine, token: int, rounds: int = 5, 
 
 def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, requests: int = 2,
                   max_tokens: int = 64, prompt_tokens: int = 32, repeats: int = 5, stream: bool = False,
-                  seed: int = 0, quantize: str | None = None) -> tuple[Result, dict[str, Any]]:
+                  seed: int = 0, quantize: str | None = None,
+                  compile: str | None = None) -> tuple[Result, dict[str, Any]]:
     """Start a server for the ``preset`` (random weights), measure 1 vs ``clients`` clients; returns the result.
 
-    ``quantize`` (``int8``/``int4``) serves the model with weight-only quantized linear layers."""
+    ``quantize`` (``int8``/``int4``) serves the model with weight-only quantized linear layers;
+    ``compile`` (``default``/``max-autotune``) compiles its decode step first, as ``serve --compile`` does."""
     import torch
 
     from gptlab.model import GPT, PRESETS
@@ -158,7 +161,11 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, r
         quantize_model(model, quantize)
         dtype = quantize
     prompt = torch.randint(0, cfg.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
-    engine = Engine(model, get_tokenizer("gpt2"), max_batch=clients)
+    engine = Engine(model, get_tokenizer("gpt2"), max_batch=clients, compile=compile or False)
+    if compile:
+        start = time.perf_counter()
+        engine.warm_up()
+        _log(f"decode step compiled ({compile}) in {time.perf_counter() - start:.0f} s")
     server = create_server(engine, "127.0.0.1", 0, model_name=preset).start()
     host, port = server.server_address[:2]
     try:
@@ -167,7 +174,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, r
             f"{clients} concurrent clients": _rate(host, port, clients, prompt, max_tokens, requests, stream),
         }
         _log(f"{preset} preset ({model.num_parameters() / 1e6:.0f}M parameters counting its untied output head; "
-             f"random weights, {dtype}), "
+             f"random weights, {dtype}{', compiled ' + compile if compile else ''}), "
              f"{torch.get_num_threads()} threads; {requests} request(s) x {max_tokens} tokens per client, "
              f"{repeats} repeats")
         start = time.perf_counter()
@@ -187,11 +194,12 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, r
         reference_label=names[0],
         target=TARGET,
         samples=samples,
-        note=f"{preset} random weights, {dtype}, {'streaming' if stream else 'non-streaming'} over HTTP",
+        note=f"{preset} random weights, {dtype}{', --compile ' + compile if compile else ''}, "
+             f"{'streaming' if stream else 'non-streaming'} over HTTP",
     )
     setup = {"preset": preset, "dtype": dtype, "clients": clients, "requests_per_client": requests,
              "max_tokens": max_tokens, "prompt_tokens": prompt_tokens, "repeats": repeats, "stream": stream,
-             "threads": torch.get_num_threads(), "peak_batch": stats["peak_batch"], "overhead": overhead}
+             "threads": torch.get_num_threads(), "compile": compile, "peak_batch": stats["peak_batch"], "overhead": overhead}
     return result, setup
 
 
@@ -202,7 +210,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     result, setup = run_benchmark(args.preset, args.dtype, args.clients, args.requests, args.max_tokens,
-                                  args.prompt_tokens, args.repeats, args.stream, quantize=args.quantize)
+                                  args.prompt_tokens, args.repeats, args.stream, quantize=args.quantize,
+                                  compile=args.compile)
     if args.json:
         print(json.dumps({"target": "serve", "setup": setup, "results": [result.to_dict()]}, indent=2))
     else:
@@ -233,6 +242,7 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="serve with weight-only int8/int4 linear layers (tokens/s of a quantized server)")
+    add_compile_flag(p, "before the server starts (as serve --compile)")
     p.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

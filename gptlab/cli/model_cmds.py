@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from gptlab.cli.quantize_cmds import add_quantize_flags, quantize_options
+from gptlab.cli.quantize_cmds import add_compile_flag, add_quantize_flags, quantize_options
 from gptlab.errors import GptlabError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,8 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights dtype; bfloat16 is much faster on CPUs with bf16 support (default float32)")
-    g.add_argument("--compile", action="store_true",
-                   help="compile the decode step with torch.compile (about 2x faster on CPU after a one-off compilation)")
+    add_compile_flag(g, "before generating")
     add_quantize_flags(g)
     g.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow; for comparison)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")

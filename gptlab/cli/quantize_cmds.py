@@ -1,4 +1,4 @@
-"""``gptlab quantize``, and the ``--quantize`` flags every command that runs a model shares."""
+"""``gptlab quantize``, and the ``--quantize`` and ``--compile`` flags every command that runs a model shares."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.model.compile_modes import COMPILE_MODES
 from gptlab.model.quant_modes import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES, QUANT_MODES
 
 # Files that say how to prompt a model and when it has finished: carried from the source folder so
@@ -21,6 +22,15 @@ def add_quantize_flags(p: argparse.ArgumentParser) -> None:
                         "(groups of --group-size, with a zero point): faster decoding, a little less accuracy")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=list(INT4_GROUP_SIZES),
                    help=f"int4 weights per scale and zero point (default {DEFAULT_GROUP_SIZE})")
+
+
+def add_compile_flag(p: argparse.ArgumentParser, when: str) -> None:
+    """``--compile [default|max-autotune]`` for commands that decode; ``when`` says when the compilation happens."""
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=list(COMPILE_MODES),
+                   help=f"compile the decode step with torch.compile {when}: faster steps; the first start compiles "
+                        "for half a minute or so, later ones reuse the cached code. 'max-autotune' compiles the "
+                        "whole step with the weights frozen and autotuned matrix products: the fastest with "
+                        "--quantize int8, after minutes on a first start and about one on later ones")
 
 
 def quantize_options(args: argparse.Namespace) -> dict:

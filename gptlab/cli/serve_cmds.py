@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from gptlab.cli.quantize_cmds import add_quantize_flags, quantize_options
+from gptlab.cli.quantize_cmds import add_compile_flag, add_quantize_flags, quantize_options
 from gptlab.errors import GptlabError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -70,9 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are ended with an "
                         "error (default 30)")
-    s.add_argument("--compile", action="store_true",
-                   help="compile the decode step with torch.compile before serving (faster steps; the first start "
-                        "compiles for half a minute or so, later ones reuse the cached code)")
+    add_compile_flag(s, "before serving (the server reports ready after it)")
     s.set_defaults(func=cmd_serve)
 
     c = subparsers.add_parser(
@@ -90,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_chat)
 
 
-def _load(args: argparse.Namespace, max_batch: int, compile: bool = False,  # noqa: ANN202
+def _load(args: argparse.Namespace, max_batch: int, compile: bool | str | None = None,  # noqa: ANN202
           max_per_group: int | None = None):
     """Model, tokenizer, chat format and a started engine (its decode step compiled first with ``compile``)."""
     from gptlab.model.dtypes import parse_dtype

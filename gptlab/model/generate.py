@@ -200,7 +200,7 @@ def stream_generate(
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
     pad_id: int | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> Iterator[torch.Tensor]:
     """Generate up to ``max_new_tokens`` tokens, yielding a ``[B]`` tensor of new ids at each step.
 
@@ -216,6 +216,8 @@ def stream_generate(
     * ``compile``: run decode steps through ``torch.compile`` (:mod:`gptlab.model.compiled`): faster
       on CPU after a compilation of about a minute, whose code PyTorch caches on disk for later
       processes (seconds then); numerically equivalent up to float rounding, not bit-identical.
+      ``compile="max-autotune"``: the whole step with the weights frozen, fastest for int8 weights
+      after a longer compilation (see that module).
     """
     sampling = _sampling_config(sampling, temperature, top_k, top_p, seed)
     sampling.check(max_new_tokens)
@@ -240,7 +242,7 @@ def stream_generate(
         full_mask[:, :n] = mask.to(device)
     # The cache never needs more than the window, nor more than this call's prompt + new tokens.
     # (A compiled step gets a view of the cache, which a spare position keeps strided alike at every step.)
-    cache = (KVCache.for_model(model, B, max_len=min(ctx, n + max_new_tokens), spare=int(compile))
+    cache = (KVCache.for_model(model, B, max_len=min(ctx, n + max_new_tokens), spare=int(bool(compile)))
              if use_cache else None)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = None  # per-row position of the next token (only needed with padding)
@@ -249,9 +251,9 @@ def stream_generate(
     model.eval()
     compiled_step = None
     if compile and use_cache:
-        from gptlab.model.compiled import compiled_decode_step
+        from gptlab.model.compiled import compile_mode, compiled_decode_step
 
-        compiled_step = compiled_decode_step(model)
+        compiled_step = compiled_decode_step(model, compile_mode(compile))
     try:
         for _ in range(max_new_tokens):
             if cache is None or cache.length == 0 or cache.length == cache.max_len:

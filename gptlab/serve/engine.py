@@ -167,6 +167,7 @@ class Engine:
 
     ``compile`` runs the decode steps through :func:`gptlab.model.compiled.compiled_decode_step`;
     :meth:`start` compiles them first (:meth:`warm_up`), so the engine is fast from its first request.
+    ``compile="max-autotune"`` compiles the whole step with the weights frozen (fastest with int8 weights).
     If compiling fails, the engine warns and decodes with the eager model.
 
     Fairness: the sequences of one group (one HTTP request's prompts) hold at most ``max_per_group``
@@ -182,7 +183,7 @@ class Engine:
         max_batch: int = 8,
         eos_id: int | Sequence[int] | None = -1,
         max_context: int | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         max_per_group: int | None = None,
     ) -> None:
         if max_batch < 1:
@@ -476,12 +477,13 @@ class Engine:
         run both shapes once (the second reuses the graph). The rows are dummies, freed afterwards. With
         PyTorch's persistent caches warm (a second start on the same model) this takes seconds.
         """
-        from gptlab.model.compiled import compiled_decode_step, disable_compiled
+        from gptlab.model.compiled import compile_mode, compiled_decode_step, disable_compiled
 
         if self._step is not None or self._thread is not None:
             return self._step is not None
+        mode = compile_mode(self._compile) or "default"
         self._compile = False  # one attempt, whatever happens
-        step = compiled_decode_step(self.model)
+        step = compiled_decode_step(self.model, mode)
         if step is None:
             return False
         cache = self.cache

@@ -20,6 +20,8 @@ PROMPTS = [[5, 17, 3], [9, 1, 44, 2, 80, 13, 7, 61, 30], [12, 99, 0, 4, 8, 50]]
 
 # inductor's own modules use a deprecated torch.jit decorator; not ours to fix
 _IGNORE_JIT = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# inductor's autotuning reads a deprecated TypedStorage; not ours either
+_IGNORE_STORAGE = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")
 
 
 def _sharp_model(seed: int) -> GPT:
@@ -182,3 +184,52 @@ def test_rotary_models_compile_for_one_row_shared_angles_and_padded_rows():
         warnings.simplefilter("error", RuntimeWarning)  # "torch.compile failed ...; generating with the eager model"
         for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5, 6]], PROMPTS):
             assert m.generate(prompts, 6, compile=True) == m.generate(prompts, 6), prompts
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+@_IGNORE_STORAGE
+def test_max_autotune_freezes_each_models_own_int8_weights(tmp_path, monkeypatch):
+    """``--compile max-autotune``: frozen int8 weights, generated GEMMs, the eager tokens, for each of two models.
+
+    The two models share every shape, and run in one fresh cache folder: inductor's cache key sees
+    the graph, not the frozen weights' values, so without the weights' hash in the key the second
+    model would load the first one's compiled code, pre-packed weights included.
+    """
+    from torch._dynamo.utils import counters
+
+    from gptlab.model.compiled import _weights_hash
+    from gptlab.model.quantize import quantize_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    models = []
+    for seed in (11, 12):
+        torch.manual_seed(seed)
+        m = GPT(CFG.replace(emb_dim=64)).eval()
+        with torch.no_grad():
+            m.out_head.weight.mul_(30)  # sharp logits: bf16 rounding cannot flip a greedy choice
+        models.append(quantize_model(m.to(torch.bfloat16), "int8"))
+    a, b = models
+    assert _weights_hash(a) != _weights_hash(b)
+    eager = [m.generate(PROMPTS[:1], 6) for m in models]
+    assert eager[0] != eager[1]
+    counters.clear()
+    assert a.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[0]
+    # inductor's own GEMM template did the int8 products: the point of this mode.
+    assert counters["inductor"]["cpp_templated_kernel_counter"] >= 1, dict(counters["inductor"])
+    assert b.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[1]
+    assert counters["inductor"].get("fxgraph_cache_hit", 0) == 0, dict(counters["inductor"])
+    # The step is made once per model: generating again compiles nothing.
+    counters.clear()
+    assert a.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[0]
+    assert not counters["stats"].get("unique_graphs"), dict(counters["stats"])
+
+
+def test_compile_modes_are_checked():
+    from gptlab.errors import GptlabError
+    from gptlab.model.compile_modes import compile_mode
+
+    assert [compile_mode(v) for v in (None, False, True, "default", "max-autotune")] == [
+        None, None, "default", "default", "max-autotune"]
+    with pytest.raises(GptlabError, match="compile mode must be one of default, max-autotune, got 'fast'"):
+        compile_mode("fast")

@@ -17,6 +17,8 @@ from gptlab.serve.engine import Engine, SamplingParams
 
 # inductor's own modules use a deprecated torch.jit decorator; not ours to fix
 _IGNORE_JIT = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# inductor's autotuning reads a deprecated TypedStorage; not ours either
+_IGNORE_STORAGE = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")
 
 
 def _sharp(make_tiny, seed: int = 3):
@@ -141,3 +143,39 @@ def test_serve_compile_answers(tmp_path, make_tiny, gpt2_tok):
         err = proc.stderr.read()
     assert code == 0, err
     assert "compiling the decode step" in err and "torch.compile failed" not in err
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+@_IGNORE_STORAGE
+def test_max_autotune_engine_serves_the_eager_int8_tokens(make_tiny, gpt2_tok):
+    """``serve --quantize int8 --compile max-autotune``: one frozen graph for every batch of 1-3 rows and width."""
+    from torch._dynamo.utils import counters
+
+    from gptlab.model.quantize import quantize_model
+
+    m = quantize_model(_sharp(make_tiny, seed=5).to(torch.bfloat16), "int8")
+    ctx = m.cfg.context_length
+    counters.clear()
+    engine = Engine(m, gpt2_tok, max_batch=3, compile="max-autotune").start()
+    eager = Engine(m, gpt2_tok, max_batch=3).start()
+    try:
+        assert engine._step is not None
+        assert counters["inductor"]["cpp_templated_kernel_counter"] >= 1, dict(counters["inductor"])
+        graphs = counters["stats"]["unique_graphs"]
+        assert _serve_all(engine, ctx) == _serve_all(eager, ctx)
+        assert counters["stats"]["unique_graphs"] == graphs
+        assert engine.stats()["peak_batch"] == 3 and engine.failures == 0
+    finally:
+        engine.stop()
+        eager.stop()
+
+
+def test_compile_flag_takes_a_mode(capsys):
+    from gptlab.app import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", "gpt-nano", "--compile", "fastest"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --compile: invalid choice: 'fastest'" in err and "max-autotune" in err
