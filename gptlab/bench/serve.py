@@ -155,6 +155,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, r
     if dtype == "auto":
         dtype = "bfloat16" if fast_bf16(torch.device("cpu")) else "float32"
     model = GPT(cfg).to(parse_dtype(dtype)).eval()
+    n_params = model.num_parameters()  # before quantizing: int8/int4 weights are buffers, not parameters
     if quantize:
         from gptlab.model.quantize import quantize_model
 
@@ -173,7 +174,7 @@ def run_benchmark(preset: str = "gpt2", dtype: str = "auto", clients: int = 8, r
             "1 client": _rate(host, port, 1, prompt, max_tokens, requests, stream),
             f"{clients} concurrent clients": _rate(host, port, clients, prompt, max_tokens, requests, stream),
         }
-        _log(f"{preset} preset ({model.num_parameters() / 1e6:.0f}M parameters counting its untied output head; "
+        _log(f"{preset} preset ({n_params / 1e6:.0f}M parameters counting its untied output head; "
              f"random weights, {dtype}{', compiled ' + compile if compile else ''}), "
              f"{torch.get_num_threads()} threads; {requests} request(s) x {max_tokens} tokens per client, "
              f"{repeats} repeats")
