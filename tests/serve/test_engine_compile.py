@@ -92,10 +92,17 @@ def test_compiled_engine_gives_the_eager_tokens_without_recompiling(make_tiny, g
     """Warm-up compiles every graph the engine needs: serving batches of 1-3 rows and any width compiles nothing."""
     from torch._dynamo.utils import counters
 
-    m = _sharp(make_tiny)
+    _serves_the_eager_tokens_without_recompiling(_sharp(make_tiny), gpt2_tok, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1
+
+
+def _serves_the_eager_tokens_without_recompiling(m, tok, compile) -> None:  # noqa: ANN001
+    """A compiled engine (``compile``) and an eager one serve the same tokens; no graph is compiled after warm-up."""
+    from torch._dynamo.utils import counters
+
     ctx = m.cfg.context_length
-    engine = Engine(m, gpt2_tok, max_batch=3, compile=True).start()
-    eager = Engine(m, gpt2_tok, max_batch=3).start()
+    engine = Engine(m, tok, max_batch=3, compile=compile).start()
+    eager = Engine(m, tok, max_batch=3).start()
     try:
         assert engine._step is not None
         graphs = counters["stats"]["unique_graphs"]
@@ -155,20 +162,10 @@ def test_max_autotune_engine_serves_the_eager_int8_tokens(make_tiny, gpt2_tok):
     from gptlab.model.quantize import quantize_model
 
     m = quantize_model(_sharp(make_tiny, seed=5).to(torch.bfloat16), "int8")
-    ctx = m.cfg.context_length
     counters.clear()
-    engine = Engine(m, gpt2_tok, max_batch=3, compile="max-autotune").start()
-    eager = Engine(m, gpt2_tok, max_batch=3).start()
-    try:
-        assert engine._step is not None
-        assert counters["inductor"]["cpp_templated_kernel_counter"] >= 1, dict(counters["inductor"])
-        graphs = counters["stats"]["unique_graphs"]
-        assert _serve_all(engine, ctx) == _serve_all(eager, ctx)
-        assert counters["stats"]["unique_graphs"] == graphs
-        assert engine.stats()["peak_batch"] == 3 and engine.failures == 0
-    finally:
-        engine.stop()
-        eager.stop()
+    _serves_the_eager_tokens_without_recompiling(m, gpt2_tok, compile="max-autotune")
+    # inductor's own GEMM template did the int8 products: the point of this mode.
+    assert counters["inductor"]["cpp_templated_kernel_counter"] >= 1, dict(counters["inductor"])
 
 
 def test_compile_flag_takes_a_mode(capsys):
