@@ -217,15 +217,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_ready_seconds(directory: str, dtype: str, compile_model: bool, env: dict[str, str],
-                        timeout: float = 900.0) -> float:
-    """Seconds from starting ``gptlab serve`` on ``directory`` until its ``/health`` answers (the process is then stopped)."""
+def serve_ready_seconds(directory: str, flags: list[str], env: dict[str, str], timeout: float = 900.0) -> float:
+    """Seconds from starting ``gptlab serve --model directory *flags`` until its ``/health`` answers (the process is then stopped)."""
     import subprocess
     import urllib.request
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "gptlab", "serve", "--model", directory, "--dtype", dtype, "--port", str(port),
-           "--access-log", "off"] + (["--compile"] if compile_model else [])
+    cmd = [sys.executable, "-m", "gptlab", "serve", "--model", directory, "--port", str(port), "--access-log", "off", *flags]
     # stderr to a file, not a pipe: nobody reads a pipe while the server starts, and a compilation's
     # warnings could fill it and stall the server on a blocked write.
     errors = tempfile.TemporaryFile(mode="w+")
@@ -253,26 +251,34 @@ def serve_ready_seconds(directory: str, dtype: str, compile_model: bool, env: di
         errors.close()
 
 
-def bench_start(directory: str, repeats: int) -> Result:
-    """Second start of ``gptlab serve --compile`` (bf16) against the 10 s target; cold and eager starts for the record."""
+# The compiled starts measured: each mode's flags, and the compile flags added to them.
+START_MODES = {
+    "serve --compile": (["--dtype", "bfloat16"], ["--compile"]),
+    "serve --quantize int8 --compile max-autotune": (["--quantize", "int8"], ["--compile", "max-autotune"]),
+}
+
+
+def bench_start(directory: str, repeats: int, label: str = "serve --compile") -> Result:
+    """Second start of a compiled ``gptlab serve`` (a :data:`START_MODES` label) against the 10 s target; cold and eager starts for the record."""
+    flags, compile_flags = START_MODES[label]
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-cache-") as cache:
         env["GPTLAB_CACHE_DIR"] = cache  # empty: the first start compiles, the later ones reuse its code
-        cold = serve_ready_seconds(directory, "bfloat16", True, env)
-        _log(f"first start with --compile (nothing cached): ready in {cold:.1f} s")
+        cold = serve_ready_seconds(directory, flags + compile_flags, env)
+        _log(f"{label}: first start (nothing cached) ready in {cold:.1f} s")
         warm: list[float] = []
         eager: list[float] = []
         for _ in range(repeats):
-            warm.append(serve_ready_seconds(directory, "bfloat16", True, env))
-            eager.append(serve_ready_seconds(directory, "bfloat16", False, env))
-            _log(f"second start with --compile {warm[-1]:.1f} s, without {eager[-1]:.1f} s")
-    per_minute = {"serve --compile, second start": [60 / s for s in warm],
+            warm.append(serve_ready_seconds(directory, flags + compile_flags, env))
+            eager.append(serve_ready_seconds(directory, flags, env))
+            _log(f"{label}: second start {warm[-1]:.1f} s, without compiling {eager[-1]:.1f} s")
+    per_minute = {f"{label}, second start": [60 / s for s in warm],
                   "serve eager": [60 / s for s in eager],
-                  "serve --compile, first start": [60 / cold]}
-    note = (f"GPT-2 124M bf16, seconds until /health answers: second start with --compile {median(warm):.1f} s, "
-            f"first {cold:.1f} s, eager {median(eager):.1f} s; target < {START_TARGET_S:.0f} s")
-    return Result("serve --compile second start", "starts/min", 60 / median(warm), 60 / START_TARGET_S,
-                  "gptlab serve --compile (cached)", f"a {START_TARGET_S:.0f} s start", 1.0, per_minute, note)
+                  f"{label}, first start": [60 / cold]}
+    note = (f"GPT-2 124M, `{' '.join(flags + compile_flags)}`, seconds until /health answers: second start "
+            f"{median(warm):.1f} s, first {cold:.1f} s, eager {median(eager):.1f} s; target < {START_TARGET_S:.0f} s")
+    return Result(f"{label} second start", "starts/min", 60 / median(warm), 60 / START_TARGET_S,
+                  f"gptlab {label} (cached)", f"a {START_TARGET_S:.0f} s start", 1.0, per_minute, note)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -403,8 +409,9 @@ def run_benchmarks(
                 _log("gpt2: training step")
                 results.extend(bench_training(directory, repeats, compile_model and not quick))
             if "start" in only and family == "gpt2":
-                _log("gpt2: serve start with --compile, first and second")
-                results.append(bench_start(directory, repeats))
+                for label in START_MODES:
+                    _log(f"gpt2: {label}, first and second start")
+                    results.append(bench_start(directory, repeats, label))
     return results
 
 
@@ -438,7 +445,7 @@ def register_target(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats, no compilation (a smoke run)")
     p.add_argument("--only", nargs="+", choices=["generate", "cache", "train", "start"],
-                   help="run only these comparisons (start: how soon serve --compile is ready on a second start)")
+                   help="run only these comparisons (start: how soon serve --compile, and int8 with --compile max-autotune, is ready on a second start)")
     p.add_argument("--no-compile", action="store_true", help="measure only eager gptlab (no torch.compile modes)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=None, help=f"torch threads (default: torch's, here {os.cpu_count()} CPUs)")

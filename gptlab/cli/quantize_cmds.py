@@ -29,8 +29,9 @@ def add_compile_flag(p: argparse.ArgumentParser, when: str) -> None:
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=list(COMPILE_MODES),
                    help=f"compile the decode step with torch.compile {when}: faster steps; the first start compiles "
                         "for half a minute or so, later ones reuse the cached code. 'max-autotune' compiles the "
-                        "whole step with the weights frozen and autotuned matrix products: the fastest with "
-                        "--quantize int8, after minutes on a first start and about one on later ones")
+                        "whole step ahead of time with the weights frozen and autotuned matrix products: the "
+                        "fastest with --quantize int8; minutes on a first start, later starts load the package "
+                        "kept on disk (a second or so)")
 
 
 def quantize_options(args: argparse.Namespace) -> dict:

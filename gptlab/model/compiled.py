@@ -36,17 +36,9 @@ Inductor's pattern matcher would turn the two small attention matmuls back into
 ``scaled_dot_product_attention``, whose CPU kernel is several times slower for a single query
 (see :class:`gptlab.model.attention.CausalSelfAttention`); it is switched off for this graph only.
 
-``max-autotune`` mode (``--compile max-autotune``) trades a long start for the fastest decoding of
-int8 weights. The whole step is one graph with the weights *frozen* (constants of the graph), so that
-inductor's max-autotune can lower each int8 matrix product to its generated C++ GEMM, which reads a
-weight layout pre-packed at compile time: GPT-2 124M int8 at batch 1, about 90-100 tokens/s here, where
-``aten._weight_int8pack_mm`` (the default mode's, and eager's) gives about 60. The price: a first start
-of about 2-4 minutes and a second of about a minute (tracing twelve layers, freezing, loading), and
-the weights are those of the first call (change them and the step must be made again).
-
-Inductor's persistent cache, keyed on the graph and not on the frozen weights' values, would hand
-one model's pre-packed weights to another model of the same shape. A custom post-grad pass
-(:func:`_weights_key`), which changes nothing in the graph, puts a hash of the weights into the key.
+``max-autotune`` mode (``--compile max-autotune``) trades a long first start for the fastest decoding
+of int8 weights: the whole step compiled ahead of time with frozen weights, kept as a package on
+disk (:mod:`gptlab.model.packaged`).
 
 If compilation fails (no C++ compiler, an unsupported platform), generation falls back to the eager
 model with a warning.
@@ -54,9 +46,7 @@ model with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -69,7 +59,6 @@ from gptlab.model.compile_modes import compile_mode
 CACHE_DIR_ENV = "GPTLAB_CACHE_DIR"
 _INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _KEY_ATTR = "_gptlab_compiled_decode"  # in the model's __dict__: never part of its state_dict
-_FROZEN_ATTR = "_gptlab_frozen_decode"  # the model's max-autotune step (its weights frozen into it)
 _FAILED = "failed"
 _INDUCTOR_OPTIONS = {"pattern_matcher": False}
 _DYNAMO_OPTIONS = {"specialize_float": True}
@@ -78,17 +67,6 @@ _DYNAMO_OPTIONS = {"specialize_float": True}
 # would compile again.
 _SHAPE_OPTIONS = {"use_duck_shape": False}
 _compiled: Callable | None = None
-
-# Frozen weights, and max-autotune's choice between aten's kernel and inductor's generated C++ GEMM
-# (which needs frozen, pre-packed weights) for every matrix product.
-# The batch is unbacked (no size known at compile time): autotuning times each choice at the size
-# inductor assumes for it, 8,192 rows by default, where the output head alone took a minute to time;
-# decode steps have a few rows. Its tables of timings on stderr are left out: they would interleave
-# with a command's output.
-_FROZEN_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
-                   "unbacked_symint_fallback": 8,
-                   "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
-
 
 def compile_cache_dir() -> Path:
     """Where compiled code is kept between processes: ``$GPTLAB_CACHE_DIR/compile``, else ``~/.cache/gptlab/compile``.
@@ -118,11 +96,6 @@ def use_compile_cache() -> str | None:
         return None
     os.environ[_INDUCTOR_CACHE_ENV] = str(folder)
     return str(folder)
-
-
-def _model_forward(model, idx, mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
-    """The function handed to torch.compile in ``max-autotune`` mode: a whole decode step, weights frozen."""
-    return model(idx, attention_mask=mask, kv_cache=kv_cache, position_ids=position_ids, last_only=True)
 
 
 def _block_forward(block, x, mask, is_causal, layer_cache, rope):  # noqa: ANN001, ANN202
@@ -160,64 +133,13 @@ def _option_patches(inductor_options: dict) -> tuple:
             torch.fx.experimental._config.patch(_SHAPE_OPTIONS))
 
 
-def _weights_hash(model: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer of ``model``, names included (GPT-2 124M int8: 0.4 s, against a minute or more of compiling)."""
-    digest = hashlib.blake2b(digest_size=16)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _weights_key(model: torch.nn.Module):  # noqa: ANN202
-    """A post-grad pass that leaves the graph alone and whose ``uuid`` (part of inductor's cache key) is the weights' hash."""
-    from torch._inductor.custom_graph_pass import CustomGraphPass  # imported here: inductor loads slowly
-
-    class WeightsKey(CustomGraphPass):
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            return None
-
-        def uuid(self) -> str:
-            return key
-
-    key = _weights_hash(model)
-    return WeightsKey()
-
-
-def _frozen_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    """``max-autotune`` mode: the whole decode step, one graph, the weights frozen into it."""
-    # Dynamo keeps compiled graphs per code object and would hand this model's graph, frozen weights
-    # and all, to another model of the same structure: each model gets a code object of its own.
-    code = _model_forward.__code__.replace(co_name=f"_model_forward_{id(model):x}")
-    compiled = torch.compile(types.FunctionType(code, _model_forward.__globals__), dynamic=True)
-    patches = _option_patches({**_INDUCTOR_OPTIONS, **_FROZEN_OPTIONS, "post_grad_custom_post_pass": _weights_key(model)})
-
-    def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
-        with patches[0], patches[1], patches[2]:
-            rows = idx.size(0)
-            _any_batch(rows, idx, attention_mask, position_ids, *kv_cache.keys, *kv_cache.values)
-            return compiled(model, idx, attention_mask, kv_cache, position_ids)
-
-    weakref.finalize(model, torch._dynamo.reset_code, code)
-    return step
-
-
-def _frozen_step_of(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    """The model's ``max-autotune`` step, made once (a new one would compile the whole step again)."""
-    step = model.__dict__.get(_FROZEN_ATTR)
-    if step is None:
-        step = model.__dict__[_FROZEN_ATTR] = _frozen_step(model)
-    return step
-
-
 def compiled_decode_step(model: torch.nn.Module, mode: str = "default") -> Callable[..., torch.Tensor] | None:
     """A compiled ``step(idx, attention_mask, kv_cache, position_ids) -> logits`` for ``model``.
 
-    ``kv_cache`` is anything with a :class:`gptlab.model.KVCache`'s ``length``/``layer``/``advance``
-    (and, in ``max-autotune`` mode, its ``keys``/``values`` lists). ``mode``: ``"default"`` or
-    ``"max-autotune"`` (see the module's docstring); ``max-autotune`` freezes the weights of the first
-    call, and a model changed afterwards keeps decoding with the old ones. None when compiling this
+    ``kv_cache`` is the caller's cache (a :class:`gptlab.model.KVCache`, or the server's slot cache);
+    the step writes this step's keys and values into it, and the caller then advances it. ``mode``: ``"default"`` or ``"max-autotune"``
+    (:func:`gptlab.model.packaged.packaged_step`, which freezes the weights of the first call: a model
+    changed afterwards keeps decoding with the old ones). None when compiling this
     model already failed once (the caller then stays eager).
     """
     global _compiled
@@ -225,7 +147,9 @@ def compiled_decode_step(model: torch.nn.Module, mode: str = "default") -> Calla
     if seen == _FAILED:
         return None
     if compile_mode(mode) == "max-autotune":
-        return _frozen_step_of(model)
+        from gptlab.model.packaged import packaged_step_of
+
+        return packaged_step_of(model)
     if seen is None:
         weakref.finalize(model, _forget_compiled)
         model.__dict__[_KEY_ATTR] = True
@@ -239,6 +163,7 @@ def compiled_decode_step(model: torch.nn.Module, mode: str = "default") -> Calla
     def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
         # The options only while this graph compiles or runs, so that no other torch.compile in the
         # process (a training loop's, say) is changed.
+        kv_cache = kv_cache.step_view()  # its buffers end at this step's position (see KVCache.step_view)
         with patches[0], patches[1], patches[2]:
             inputs = model.embed(idx, attention_mask, kv_cache, position_ids)
             x = inputs.x

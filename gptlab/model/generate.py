@@ -216,8 +216,8 @@ def stream_generate(
     * ``compile``: run decode steps through ``torch.compile`` (:mod:`gptlab.model.compiled`): faster
       on CPU after a compilation of about a minute, whose code PyTorch caches on disk for later
       processes (seconds then); numerically equivalent up to float rounding, not bit-identical.
-      ``compile="max-autotune"``: the whole step with the weights frozen, fastest for int8 weights
-      after a longer compilation (see that module).
+      ``compile="max-autotune"``: the whole step compiled ahead of time with the weights frozen,
+      fastest for int8 weights, after minutes the first time (:mod:`gptlab.model.packaged`).
     """
     sampling = _sampling_config(sampling, temperature, top_k, top_p, seed)
     sampling.check(max_new_tokens)
@@ -315,10 +315,10 @@ def _compiled_decode(
     position_ids: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """One compiled decode step; None if compilation failed (it fails on the first call, before running)."""
-    # The step writes through a view cut to this step's positions and advances only the view (see
-    # KVCache.step_view); a copy of the mask keeps the full mask's size out of the compiled graph's guards.
+    # The step writes into the cache but leaves advancing it to us; a copy of the mask keeps the full
+    # mask's size out of the compiled graph's guards.
     try:
-        logits = step(token, mask.clone() if mask is not None else None, cache.step_view(), position_ids)
+        logits = step(token, mask.clone() if mask is not None else None, cache, position_ids)
     except (GptlabError, KeyboardInterrupt):
         raise
     except Exception as exc:  # inductor/compiler failures surface here

@@ -113,6 +113,10 @@ class KVCache:
         end = self.length + n_new
         return KVCache.over([k[:, :, :end] for k in self.keys], [v[:, :, :end] for v in self.values], self.length)
 
+    def step_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's whole key and value buffers (contiguous), for a decode step compiled ahead of time."""
+        return self.keys, self.values
+
     def layer(self, i: int) -> LayerCache:
         """Layer ``i``'s part of the cache, writing after the ``length`` positions already filled."""
         return LayerCache(self.keys[i], self.values[i], self.length, self.max_len)

@@ -167,7 +167,8 @@ class Engine:
 
     ``compile`` runs the decode steps through :func:`gptlab.model.compiled.compiled_decode_step`;
     :meth:`start` compiles them first (:meth:`warm_up`), so the engine is fast from its first request.
-    ``compile="max-autotune"`` compiles the whole step with the weights frozen (fastest with int8 weights).
+    ``compile="max-autotune"`` runs the whole step compiled ahead of time with the weights frozen
+    (fastest with int8 weights; :mod:`gptlab.model.packaged`).
     If compiling fails, the engine warns and decodes with the eager model.
 
     Fairness: the sequences of one group (one HTTP request's prompts) hold at most ``max_per_group``
@@ -457,14 +458,14 @@ class Engine:
             try:
                 # A copy of the mask: a new tensor like the warm-up's (a view of the slot cache's mask
                 # would bring its size, and for one row its autograd keys, into the compiled guards).
-                logits = self._step(tokens, mask.clone(), cache.step_view(), positions)
+                logits = self._step(tokens, mask.clone(), cache, positions)
             except Exception as exc:  # noqa: BLE001 - a recompilation (new shapes) that failed: go eager
                 from gptlab.model.compiled import disable_compiled
 
                 disable_compiled(self.model, exc)
                 self._step = None
             else:
-                cache.advance(tokens.size(1))  # the view advanced only itself
+                cache.advance(tokens.size(1))  # the step wrote the keys/values; the bookkeeping is ours
                 return logits[:, -1, :]
         return self.model(tokens, attention_mask=mask, kv_cache=cache, position_ids=positions,
                           last_only=True)[:, -1, :]
@@ -499,7 +500,7 @@ class Engine:
                         cache.add(tmp)
                     cache.make_room()
                     tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
-                    step(tokens, cache.step_mask().clone(), cache.step_view(), cache.step_positions())
+                    step(tokens, cache.step_mask().clone(), cache, cache.step_positions())
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported platform, ...

@@ -49,6 +49,7 @@ class SlotCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.mask = torch.zeros(slots, max_len + 1, dtype=torch.long, device=device)
+        self._row_buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self.lens = [0] * slots
         self.slots = slots
         self.max_len = max_len
@@ -101,6 +102,17 @@ class SlotCache:
         """
         n, end = self.n, self.width + 1
         return KVCache.over([k[:n, :, :end] for k in self.keys], [v[:n, :, :end] for v in self.values], self.width)
+
+    def step_buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The active rows' whole key and value buffers, for a decode step compiled ahead of time.
+
+        Rows are packed at the front, so these are contiguous: such a step's code assumes the strides
+        it was compiled for. Made once per row count (a step would otherwise slice every layer again).
+        """
+        buffers = self._row_buffers.get(self.n)
+        if buffers is None:
+            buffers = self._row_buffers[self.n] = ([k[: self.n] for k in self.keys], [v[: self.n] for v in self.values])
+        return buffers
 
     def clear(self) -> None:
         """Free every row. The buffers keep their values: only finite ones were ever written (padding

@@ -62,8 +62,8 @@ def test_serve_ready_seconds_times_a_real_start_and_stops_the_server():
         return found
 
     before = children()
-    seconds = serve_ready_seconds("gpt-nano", "float32", False, dict(os.environ))
+    seconds = serve_ready_seconds("gpt-nano", ["--dtype", "float32"], dict(os.environ))
     assert 0 < seconds < 120
     assert children() <= before
     with pytest.raises(GptlabError, match="gptlab serve exited with 2: .*no-such-model"):
-        serve_ready_seconds("no-such-model", "float32", False, dict(os.environ))
+        serve_ready_seconds("no-such-model", [], dict(os.environ))

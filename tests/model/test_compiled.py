@@ -141,7 +141,7 @@ def test_one_compiled_block_serves_every_layer_and_batch_size():
             expected = deep(torch.full((rows, 1), 3), kv_cache=KVCache.over(
                 [k.clone() for k in cache.keys], [v.clone() for v in cache.values], cache.length))[:, -1]
             mask = torch.ones(rows, cache.length + 1, dtype=torch.long)
-            got = step(torch.full((rows, 1), 3), mask, cache.step_view(), torch.full((rows, 1), 4))[:, -1]
+            got = step(torch.full((rows, 1), 3), mask, cache, torch.full((rows, 1), 4))[:, -1]
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1
     torch.manual_seed(5)
@@ -189,40 +189,74 @@ def test_rotary_models_compile_for_one_row_shared_angles_and_padded_rows():
 @pytest.mark.slow
 @_IGNORE_JIT
 @_IGNORE_STORAGE
-def test_max_autotune_freezes_each_models_own_int8_weights(tmp_path, monkeypatch):
-    """``--compile max-autotune``: frozen int8 weights, generated GEMMs, the eager tokens, for each of two models.
+@pytest.mark.filterwarnings("error:torch.compile failed:RuntimeWarning")  # no quiet fallback to eager
+def test_max_autotune_packages_each_models_own_int8_weights(tmp_path, monkeypatch):
+    """``--compile max-autotune``: a package per model, frozen int8 weights, generated GEMMs, the eager tokens.
 
-    The two models share every shape, and run in one fresh cache folder: inductor's cache key sees
-    the graph, not the frozen weights' values, so without the weights' hash in the key the second
-    model would load the first one's compiled code, pre-packed weights included.
+    The two models share every shape and one fresh cache folder: a package named by the graph alone
+    (or an inductor cache keyed on it) would give the second model the first one's pre-packed
+    weights. Three prompts of different lengths: padded rows, and token columns that are views.
     """
     from torch._dynamo.utils import counters
 
-    from gptlab.model.compiled import _weights_hash
+    from gptlab.model import packaged
     from gptlab.model.quantize import quantize_model
 
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    models = []
-    for seed in (11, 12):
+
+    def int8_model(seed: int) -> GPT:
         torch.manual_seed(seed)
         m = GPT(CFG.replace(emb_dim=64)).eval()
         with torch.no_grad():
             m.out_head.weight.mul_(30)  # sharp logits: bf16 rounding cannot flip a greedy choice
-        models.append(quantize_model(m.to(torch.bfloat16), "int8"))
+        return quantize_model(m.to(torch.bfloat16), "int8")
+
+    models = [int8_model(11), int8_model(12)]
     a, b = models
-    assert _weights_hash(a) != _weights_hash(b)
-    eager = [m.generate(PROMPTS[:1], 6) for m in models]
+    assert packaged.package_key(a) != packaged.package_key(b)
+    eager = [m.generate(PROMPTS, 6) for m in models]
     assert eager[0] != eager[1]
     counters.clear()
-    assert a.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[0]
+    assert a.generate(PROMPTS, 6, compile="max-autotune") == eager[0]
     # inductor's own GEMM template did the int8 products: the point of this mode.
     assert counters["inductor"]["cpp_templated_kernel_counter"] >= 1, dict(counters["inductor"])
-    assert b.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[1]
-    assert counters["inductor"].get("fxgraph_cache_hit", 0) == 0, dict(counters["inductor"])
-    # The step is made once per model: generating again compiles nothing.
-    counters.clear()
-    assert a.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[0]
-    assert not counters["stats"].get("unique_graphs"), dict(counters["stats"])
+    assert b.generate(PROMPTS, 6, compile="max-autotune") == eager[1]
+    assert sorted(p.name for p in packaged.package_path(a).parent.iterdir()) == sorted(
+        f"{packaged.package_key(m)}.pt2" for m in models)
+
+    # A second start: a new model object with a's weights loads a's package and builds nothing.
+    def no_build(*args):  # noqa: ANN002, ANN202
+        raise AssertionError("built a package that is on disk")
+
+    monkeypatch.setattr(packaged, "build_package", no_build)
+    again = int8_model(11)
+    assert again.generate(PROMPTS[1:], 6, compile="max-autotune") == eager[0][1:]
+    assert again.generate(PROMPTS[:1], 6, compile="max-autotune") == eager[0][:1]
+
+
+@pytest.mark.slow
+@_IGNORE_JIT
+@_IGNORE_STORAGE
+@pytest.mark.filterwarnings("error:torch.compile failed:RuntimeWarning")  # no quiet fallback to eager
+def test_max_autotune_runs_the_qwen3_design(tmp_path, monkeypatch):
+    """The packaged step with rotary positions, q/k norms, grouped-query attention and an untied int8 head.
+
+    One row (no mask: the step makes one) and three left-padded rows, whose positions skip the padding.
+    """
+    from gptlab.model.config import modern
+    from gptlab.model.quantize import quantize_model
+
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(6)
+    cfg = modern(vocab_size=101, context_length=24, emb_dim=64, n_heads=4, n_kv_heads=2, head_size=32,
+                 n_layers=2, qk_norm=True, tie_weights=False)
+    m = GPT(cfg).eval()
+    with torch.no_grad():
+        m.out_head.weight.mul_(30)  # sharp logits: bf16 rounding cannot flip a greedy choice
+    m = quantize_model(m.to(torch.bfloat16), "int8")
+    for prompts in (PROMPTS[:1], PROMPTS):
+        assert m.generate(prompts, 6, compile="max-autotune") == m.generate(prompts, 6), prompts
 
 
 def test_compile_modes_are_checked():
