@@ -27,7 +27,7 @@ keeps the generated and compiled C++ code, and the AOT autograd cache). These ch
 * No duck sizing, and callers pass a cache view that ends at this step's last position
   (:meth:`gptlab.model.KVCache.step_view`): shape coincidences at trace time would otherwise become
   guards, and the first step without them would compile again (a minute, mid-generation).
-* The cache folder is gptlab's (:func:`compile_cache_dir`, one subfolder per torch version) unless
+* The cache folder is gptlab's (:func:`gptlab.model.compile_cache.compile_cache_dir`, one subfolder per torch version) unless
   ``TORCHINDUCTOR_CACHE_DIR`` says otherwise, so it survives a cleaned ``/tmp``. Inductor keys every
   entry on the graph, the input shapes/dtypes, its own configuration and the torch build, so a model
   of another shape or dtype compiles its own entry and never picks up a wrong one.
@@ -46,18 +46,15 @@ model with a warning.
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from gptlab.model.compile_cache import use_compile_cache
 from gptlab.model.compile_modes import compile_mode
 
-CACHE_DIR_ENV = "GPTLAB_CACHE_DIR"
-_INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _KEY_ATTR = "_gptlab_compiled_decode"  # in the model's __dict__: never part of its state_dict
 _FAILED = "failed"
 _INDUCTOR_OPTIONS = {"pattern_matcher": False}
@@ -67,36 +64,6 @@ _DYNAMO_OPTIONS = {"specialize_float": True}
 # would compile again.
 _SHAPE_OPTIONS = {"use_duck_shape": False}
 _compiled: Callable | None = None
-
-def compile_cache_dir() -> Path:
-    """Where compiled code is kept between processes: ``$GPTLAB_CACHE_DIR/compile``, else ``~/.cache/gptlab/compile``.
-
-    Not ``$GPTLAB_DATA_DIR`` (the download cache), which may be a shared read-only folder.
-    """
-    root = os.environ.get(CACHE_DIR_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "gptlab"
-    return base / "compile"
-
-
-def use_compile_cache() -> str | None:
-    """Point inductor's persistent caches at :func:`compile_cache_dir` (per torch version); returns the folder used.
-
-    An explicit ``TORCHINDUCTOR_CACHE_DIR`` wins (and so does a folder inductor already chose in this
-    process: it sets that variable itself). None when the folder cannot be created: inductor then
-    keeps its default under the temporary directory.
-    """
-    if os.environ.get(_INDUCTOR_CACHE_ENV):
-        return os.environ[_INDUCTOR_CACHE_ENV]
-    # The torch version in the name: old versions' entries can be deleted as a whole, and a shared
-    # home folder used by several environments keeps them apart.
-    folder = compile_cache_dir() / f"torch-{torch.__version__}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    os.environ[_INDUCTOR_CACHE_ENV] = str(folder)
-    return str(folder)
-
 
 def _block_forward(block, x, mask, is_causal, layer_cache, rope):  # noqa: ANN001, ANN202
     """The function handed to torch.compile: one block of a decode step (its own code object, reset on its own)."""

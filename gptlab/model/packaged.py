@@ -5,7 +5,7 @@ The step is exported once (``torch.export``) and compiled by AOTInductor with th
 its generated C++ GEMM, which reads a weight layout pre-packed at compile time (``aten._weight_int8pack_mm``,
 eager's kernel, streams GPT-2 124M's int8 weights at about 9 GB/s here; the generated GEMM at about
 16). The result, a shared library plus the packed weights, is a ``.pt2`` package in gptlab's compile
-cache (:func:`gptlab.model.compiled.compile_cache_dir`). Why ahead of time rather than ``torch.compile``:
+cache (:func:`gptlab.model.compile_cache.compile_cache_dir`). Why ahead of time rather than ``torch.compile``:
 
 * A second start loads the package (well under a second for GPT-2) instead of tracing, freezing and
   re-loading twelve layers through dynamo (about a minute; a frozen graph bypasses the AOT autograd
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from gptlab.model.compile_cache import compile_cache_dir, use_compile_cache
 from gptlab.model.kv_cache import KVCache, cache_dtype
 
 # Bump when what is exported changes (the step's inputs, the model's forward): old packages then
@@ -111,15 +112,11 @@ def export_step(model: torch.nn.Module) -> torch.export.ExportedProgram:
 
 def package_path(model: torch.nn.Module) -> Path:
     """Where ``model``'s package is (or will be) kept: ``<compile cache>/packages/<key>.pt2``."""
-    from gptlab.model.compiled import compile_cache_dir
-
     return compile_cache_dir() / f"torch-{torch.__version__}" / "packages" / f"{package_key(model)}.pt2"
 
 
 def build_package(model: torch.nn.Module, path: Path) -> Path:
     """Export and compile ``model``'s decode step into ``path`` (written atomically: a temporary file, then a rename)."""
-    from gptlab.model.compiled import use_compile_cache
-
     use_compile_cache()  # autotuning's timings are kept there between packages
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")

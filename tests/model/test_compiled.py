@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gptlab.model import GPT, GPTConfig
-from gptlab.model.compiled import compile_cache_dir, use_compile_cache
+from gptlab.model.compile_cache import compile_cache_dir, use_compile_cache
 
 # The shapes of tests/model/test_generate.py, so that the compiled code is shared with its tests.
 CFG = GPTConfig(vocab_size=101, context_length=24, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
@@ -68,11 +68,13 @@ def test_models_of_one_shape_each_get_their_own_logits():
 
 _CHILD = """
 import json, os, sys, torch
-from torch._dynamo.utils import counters
 from gptlab.model import GPT, GPTConfig
 cfg = GPTConfig(**json.loads(sys.argv[1]))
 torch.manual_seed(7)
 GPT(cfg).eval().generate(json.loads(sys.argv[2]), 8, compile=True)
+# Imported only now: importing dynamo makes inductor choose its default cache folder (under /tmp),
+# which gptlab then leaves alone, as it leaves any folder chosen before it.
+from torch._dynamo.utils import counters
 print(json.dumps({"inductor": dict(counters["inductor"]), "aot": dict(counters["aot_autograd"]),
                   "folder": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
 """

@@ -123,7 +123,7 @@ def test_serve_compile_answers(tmp_path, make_tiny, gpt2_tok):
     model_dir = tmp_path / "tiny"
     _sharp(make_tiny).save_pretrained(model_dir)
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # share the in-process tests' cache folder
-        from gptlab.model.compiled import use_compile_cache
+        from gptlab.model.compile_cache import use_compile_cache
 
         use_compile_cache()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
