@@ -262,7 +262,13 @@ def stream_generate(
                 window_mask = full_mask[:, start:n] if full_mask is not None else None
                 if cache is not None:
                     cache.reset()
-                logits = model(seq[:, start:n], attention_mask=window_mask, kv_cache=cache, last_only=True)
+                logits = None
+                if compiled_step is not None and getattr(compiled_step, "takes_prompts", False):
+                    logits = _compiled_decode(model, compiled_step, seq[:, start:n], window_mask, cache, None)
+                    if logits is None:  # compilation failed: carry on eagerly
+                        compiled_step = None
+                if logits is None:
+                    logits = model(seq[:, start:n], attention_mask=window_mask, kv_cache=cache, last_only=True)
                 if window_mask is not None:
                     next_pos = window_mask.sum(dim=1, keepdim=True)
             else:
@@ -314,7 +320,7 @@ def _compiled_decode(
     cache: KVCache,
     position_ids: torch.Tensor | None,
 ) -> torch.Tensor | None:
-    """One compiled decode step; None if compilation failed (it fails on the first call, before running)."""
+    """One compiled step (a decode step, or a prefill where the step takes prompts); None if compilation failed (it fails on the first call, before running)."""
     # The step writes into the cache but leaves advancing it to us; a copy of the mask keeps the full
     # mask's size out of the compiled graph's guards.
     try:

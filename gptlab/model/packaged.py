@@ -34,11 +34,12 @@ from pathlib import Path
 import torch
 
 from gptlab.model.compile_cache import compile_cache_dir, use_compile_cache
+from gptlab.model.gpt import positions_from_mask
 from gptlab.model.kv_cache import KVCache, cache_dtype
 
 # Bump when what is exported changes (the step's inputs, the model's forward): old packages then
 # stop matching any key and are never loaded.
-PACKAGE_FORMAT = 1
+PACKAGE_FORMAT = 2
 _PACKAGE_ATTR = "_gptlab_packaged_decode"  # in the model's __dict__: never part of its state_dict
 # Frozen weights, and max-autotune's choice between aten's kernel and inductor's generated C++ GEMM for
 # every matrix product; the timing tables kept off stderr (they would interleave with a command's output).
@@ -51,10 +52,10 @@ _MAX_BATCH = 1024
 
 
 class DecodeStep(torch.nn.Module):
-    """What is exported: one decode step of ``model`` over whole cache buffers ``[B, kv_heads, L, D]``.
+    """What is exported: ``T`` new tokens (one in a decode step, a prompt's in a prefill) over whole cache buffers ``[B, kv_heads, L, D]``.
 
-    ``mask`` is ``[B, end]``: the step reads and writes positions ``< end`` (the last one is the new
-    token's), so the filled length is ``end - 1`` and the buffers may be longer than that.
+    ``mask`` is ``[B, end]``: the step reads and writes positions ``< end`` (the last ``T`` are the new
+    tokens'), so the filled length is ``end - T`` and the buffers may be longer than ``end``.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -63,10 +64,10 @@ class DecodeStep(torch.nn.Module):
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
                 keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, 1, vocab]`` of the new tokens ``idx`` ``[B, 1]``; their keys and values go into the buffers."""
+        """Logits ``[B, 1, vocab]`` after the new tokens ``idx`` ``[B, T]``; their keys and values go into the buffers."""
         end, new = mask.size(1), idx.size(1)
         torch._check(end <= keys[0].size(2))
-        torch._check(end > new)
+        torch._check(end >= new)
         cache = KVCache.over([k[:, :, :end] for k in keys], [v[:, :, :end] for v in values], end - new)
         return self.model(idx, attention_mask=mask, kv_cache=cache, position_ids=position_ids, last_only=True)
 
@@ -85,26 +86,27 @@ def package_key(model: torch.nn.Module) -> str:
 
 
 def _example_inputs(model: torch.nn.Module) -> tuple:
-    """Inputs to export with: two rows, five positions filled, room for eight (sizes that coincide with nothing)."""
-    batch, past, room = 2, 5, 8
+    """Inputs to export with: two rows, three new tokens after five, room for eleven (sizes that coincide with nothing)."""
+    batch, new, past, room = 2, 3, 5, 11
     cache = KVCache.for_model(model, batch, max_len=room)
     device = model.tok_emb.weight.device
-    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    mask = torch.ones(batch, past + 1, dtype=torch.long, device=device)
-    positions = torch.full((batch, 1), past, device=device)
+    idx = torch.zeros(batch, new, dtype=torch.long, device=device)
+    mask = torch.ones(batch, past + new, dtype=torch.long, device=device)
+    positions = torch.arange(past, past + new, device=device).expand(batch, new).contiguous()
     return idx, mask, positions, cache.keys, cache.values
 
 
 def export_step(model: torch.nn.Module) -> torch.export.ExportedProgram:
-    """``model``'s decode step as an exported program, dynamic in the batch, the filled length and the buffers' length."""
+    """``model``'s step as an exported program, dynamic in the batch, the new tokens, the filled length and the buffers' length."""
     from torch.export import Dim
 
     ctx = model.cfg.context_length
     batch = Dim("batch", min=1, max=_MAX_BATCH)
-    end = Dim("end", min=2, max=ctx)
+    new = Dim("new", min=1, max=ctx)
+    end = Dim("end", min=1, max=ctx)
     buffer = Dim("buffer", min=2, max=ctx + 1)
     kv = {0: batch, 2: buffer}
-    shapes = {"idx": {0: batch}, "mask": {0: batch, 1: end}, "position_ids": {0: batch},
+    shapes = {"idx": {0: batch, 1: new}, "mask": {0: batch, 1: end}, "position_ids": {0: batch, 1: new},
               "keys": [kv] * model.cfg.n_layers, "values": [kv] * model.cfg.n_layers}
     with torch.no_grad():
         return torch.export.export(DecodeStep(model), _example_inputs(model), dynamic_shapes=shapes, strict=False)
@@ -134,7 +136,8 @@ def packaged_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
 
     ``kv_cache`` has a ``length`` and ``step_buffers()`` (a :class:`gptlab.model.KVCache`, or the
     server's slot cache); the step writes the new keys and values into it, and the caller advances
-    it. The mask and positions may be None (no padding). The weights are read once, when the step is first called:
+    it. The mask and positions may be None (no padding). ``idx`` may hold a whole prompt (a prefill,
+    into an empty cache) as well as one token per row: the step has ``takes_prompts`` set. The weights are read once, when the step is first called:
     a model changed afterwards keeps decoding with the old ones.
     """
     run = None
@@ -151,16 +154,18 @@ def packaged_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
             run = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
         rows, past = idx.size(0), kv_cache.length
         end = past + idx.size(1)
+        if position_ids is None:  # as the model counts them (GPT.embed)
+            position_ids = (positions_from_mask(attention_mask)[:, past:] if attention_mask is not None
+                            else torch.arange(past, end, device=idx.device).expand(rows, -1))
         if attention_mask is None:
             attention_mask = torch.ones(rows, end, dtype=torch.long, device=idx.device)
-        if position_ids is None:
-            position_ids = torch.full((rows, idx.size(1)), past, dtype=torch.long, device=idx.device)
         # A package's code assumes the strides it was exported with (contiguous) and checks none:
         # a column of a longer sequence, say, would be read as garbage ids.
         keys, values = kv_cache.step_buffers()
         return run([idx.long().contiguous(), attention_mask.long().contiguous(), position_ids.long().contiguous(),
                     *keys, *values])[0]
 
+    step.takes_prompts = True
     return step
 
 

@@ -250,7 +250,9 @@ def test_max_autotune_runs_the_qwen3_design(tmp_path, monkeypatch):
     from gptlab.model.quantize import quantize_model
 
     monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path))
-    torch.manual_seed(6)
+    # A seed whose greedy choices on these prompts all win by 0.6 or more: ten bf16 steps at these
+    # logits' size, so that the package's rounding (its own GEMMs) cannot flip one (seed 6 has a 0.06 tie).
+    torch.manual_seed(13)
     cfg = modern(vocab_size=101, context_length=24, emb_dim=64, n_heads=4, n_kv_heads=2, head_size=32,
                  n_layers=2, qk_norm=True, tie_weights=False)
     m = GPT(cfg).eval()
