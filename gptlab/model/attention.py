@@ -23,6 +23,15 @@ if TYPE_CHECKING:
     from gptlab.model.kv_cache import LayerCache
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding gets position 0).
+
+    Absolute position embeddings must not count padding, or a padded prompt would be embedded at
+    different positions than the same prompt alone (``transformers`` does the same).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
 def build_attention_mask(
     n_new: int, n_past: int, attention_mask: torch.Tensor | None, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor | None, bool]:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gptlab.errors import GptlabError
-from gptlab.model.attention import build_attention_mask
+from gptlab.model.attention import build_attention_mask, positions_from_mask
 from gptlab.model.config import GPTConfig
 from gptlab.model.generate import Prompt, generate, stream_generate
 from gptlab.model.hf import load_weights, read_config, resolve_model_dir, save_pretrained
@@ -26,15 +26,6 @@ from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import Block
 from gptlab.model.norm import make_norm
 from gptlab.model.rope import inverse_frequencies, rope_cos_sin
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (left padding gets position 0).
-
-    Absolute position embeddings must not count padding, or a padded prompt would be embedded at
-    different positions than the same prompt alone (``transformers`` does the same).
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
 class BlockInputs(NamedTuple):

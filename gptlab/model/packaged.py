@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
+from gptlab.model.attention import positions_from_mask
 from gptlab.model.compile_cache import compile_cache_dir, use_compile_cache
-from gptlab.model.gpt import positions_from_mask
 from gptlab.model.kv_cache import KVCache, cache_dtype
 
 # Bump when what is exported changes (the step's inputs, the model's forward): old packages then
