@@ -108,8 +108,12 @@ def export_step(model: torch.nn.Module) -> torch.export.ExportedProgram:
     kv = {0: batch, 2: buffer}
     shapes = {"idx": {0: batch, 1: new}, "mask": {0: batch, 1: end}, "position_ids": {0: batch, 1: new},
               "keys": [kv] * model.cfg.n_layers, "values": [kv] * model.cfg.n_layers}
+    step, inputs = DecodeStep(model), _example_inputs(model)
     with torch.no_grad():
-        return torch.export.export(DecodeStep(model), _example_inputs(model), dynamic_shapes=shapes, strict=False)
+        # One eager call first: attributes a layer makes on its first call (the int8 layers' bf16
+        # scales) would otherwise be made while tracing, and export warns of a traced attribute.
+        step(*inputs)
+        return torch.export.export(step, inputs, dynamic_shapes=shapes, strict=False)
 
 
 def package_path(model: torch.nn.Module) -> Path:
