@@ -128,7 +128,8 @@ def build_package(model: torch.nn.Module, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
     try:
         program = export_step(model)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=dict(PACKAGE_OPTIONS))  # a copy: inductor adds to it
+        # A copy of the options: inductor adds to the dict it is given (and ours is part of the key).
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=dict(PACKAGE_OPTIONS))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -141,13 +142,17 @@ def packaged_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
     ``kv_cache`` has a ``length`` and ``step_buffers()`` (a :class:`gptlab.model.KVCache`, or the
     server's slot cache); the step writes the new keys and values into it, and the caller advances
     it. The mask and positions may be None (no padding). ``idx`` may hold a whole prompt (a prefill,
-    into an empty cache) as well as one token per row: the step has ``takes_prompts`` set. The weights are read once, when the step is first called:
-    a model changed afterwards keeps decoding with the old ones.
+    into an empty cache) as well as one token per row: the step has ``takes_prompts`` set. The
+    weights are read once, when the step is first called: a model changed afterwards keeps decoding
+    with the old ones. More than 1,024 rows is a ValueError (callers then decode eagerly).
     """
     run = None
 
     def step(idx, attention_mask, kv_cache, position_ids):  # noqa: ANN001, ANN202
         nonlocal run
+        rows, past = idx.size(0), kv_cache.length
+        if rows > _MAX_BATCH:  # the package would not check: its code assumes the exported range
+            raise ValueError(f"a packaged step takes at most {_MAX_BATCH} rows, got {rows}")
         if run is None:
             path = package_path(model)
             if not path.exists():
@@ -156,7 +161,6 @@ def packaged_step(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
             # values, as exported): the package object's __call__ parses its input spec from JSON and
             # flattens the arguments on every call, a few percent of a GPT-2 step.
             run = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
-        rows, past = idx.size(0), kv_cache.length
         end = past + idx.size(1)
         if position_ids is None:  # as the model counts them (GPT.embed)
             position_ids = (positions_from_mask(attention_mask)[:, past:] if attention_mask is not None

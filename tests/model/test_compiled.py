@@ -263,6 +263,18 @@ def test_max_autotune_runs_the_qwen3_design(tmp_path, monkeypatch):
         assert m.generate(prompts, 6, compile="max-autotune") == m.generate(prompts, 6), prompts
 
 
+def test_a_packaged_step_refuses_more_rows_than_it_was_exported_for(tmp_path, monkeypatch):
+    """The package checks no sizes itself: 1,025 rows fail in Python, before anything is built or run."""
+    from gptlab.model import KVCache, packaged
+
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path))
+    m = GPT(CFG).eval()
+    step = packaged.packaged_step(m)
+    with pytest.raises(ValueError, match="at most 1024 rows, got 1025"):
+        step(torch.zeros(1025, 1, dtype=torch.long), None, KVCache.for_model(m, 1025, max_len=4), None)
+    assert not (tmp_path / "compile").exists()
+
+
 def test_compile_modes_are_checked():
     from gptlab.errors import GptlabError
     from gptlab.model.compile_modes import compile_mode
