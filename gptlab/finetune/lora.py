@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.model.linear import linear
 
 # The layers of each layout by role. GPT-2's: one fused qkv, a two-matrix MLP (fc, proj). The
 # Llama/Qwen layout: separate q/k/v projections and a gated MLP (gate, up, down). out_proj is shared.
@@ -118,7 +119,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., in] -> [..., out]``."""
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)  # the model's own product (its fast bf16 path included)
         if self.merged:
             return y
         # x A^T for every slice at once: one matmul to [..., splits * r]; then each slice's B.

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.model.config import GPTConfig
+from gptlab.model.linear import Linear
 from gptlab.model.norm import RMSNorm
 from gptlab.model.rope import apply_rope
 
@@ -115,16 +116,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout_p = cfg.drop_rate  # a probability for SDPA, not a module: see gptlab.model.dropout
         self.impl = cfg.attn_impl
         if cfg.fused_qkv:
-            self.qkv = nn.Linear(cfg.emb_dim, self.q_dim + 2 * self.kv_dim, bias=cfg.qkv_bias)
+            self.qkv = Linear(cfg.emb_dim, self.q_dim + 2 * self.kv_dim, bias=cfg.qkv_bias)
         else:
-            self.q_proj = nn.Linear(cfg.emb_dim, self.q_dim, bias=cfg.qkv_bias)
-            self.k_proj = nn.Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
-            self.v_proj = nn.Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
+            self.q_proj = Linear(cfg.emb_dim, self.q_dim, bias=cfg.qkv_bias)
+            self.k_proj = Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
+            self.v_proj = Linear(cfg.emb_dim, self.kv_dim, bias=cfg.qkv_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=cfg.layer_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=cfg.layer_norm_eps)
         self.qk_norm = cfg.qk_norm
-        self.out_proj = nn.Linear(self.q_dim, cfg.emb_dim, bias=cfg.proj_bias)
+        self.out_proj = Linear(self.q_dim, cfg.emb_dim, bias=cfg.proj_bias)
 
     def forward(
         self,

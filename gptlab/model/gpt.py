@@ -24,6 +24,7 @@ from gptlab.model.generate import Prompt, generate, stream_generate
 from gptlab.model.hf import load_weights, read_config, resolve_model_dir, save_pretrained
 from gptlab.model.kv_cache import KVCache
 from gptlab.model.layers import Block
+from gptlab.model.linear import Linear
 from gptlab.model.norm import make_norm
 from gptlab.model.rope import inverse_frequencies, rope_cos_sin
 
@@ -64,7 +65,7 @@ class GPT(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = make_norm(cfg)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             # One matrix both embeds tokens and scores them (GPT-2 does this; saves vocab x emb_dim weights).
             self.out_head.weight = self.tok_emb.weight

@@ -14,6 +14,7 @@ from torch import nn
 
 from gptlab.model.attention import CausalSelfAttention
 from gptlab.model.config import GPTConfig
+from gptlab.model.linear import Linear
 from gptlab.model.norm import make_norm
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.fc = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-        self.proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=cfg.mlp_bias)
+        self.fc = Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.proj = Linear(cfg.hidden_dim, cfg.emb_dim, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, emb_dim] -> [B, T, emb_dim]``."""
@@ -52,9 +53,9 @@ class GatedFeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.gate = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-        self.up = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=cfg.mlp_bias)
+        self.gate = Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.up = Linear(cfg.emb_dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.down = Linear(cfg.hidden_dim, cfg.emb_dim, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, emb_dim] -> [B, T, emb_dim]``."""

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.model.linear import Linear
 from gptlab.model.quant_modes import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES, QUANT_MODES  # noqa: F401 - re-exported
 
 QUANT_METHOD = "gptlab"  # config.json's quantization_config.quant_method for folders written here
@@ -246,7 +247,7 @@ def check_mode(mode: str, group_size: int = DEFAULT_GROUP_SIZE, flag: str = "--q
 def _linears(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:  # quantized layers (and subclasses of Linear) are left alone
+            if type(child) in (nn.Linear, Linear):  # quantized layers and LoRA layers are left alone
                 yield parent, name, child
 
 

@@ -101,7 +101,7 @@ def test_quantized_model_stays_close_to_bf16(kind, mode, bound):
         embedding = model.tok_emb.weight.detach().clone()
         q = quantize_model(copy.deepcopy(model), mode, group_size=32)
         got = q(ids).float()
-    linears = [m for m in q.modules() if type(m) is nn.Linear]
+    linears = [m for m in q.modules() if isinstance(m, nn.Linear)]
     assert not linears, f"left unquantized: {linears}"
     assert (got - ref).norm() / ref.norm() < bound
     # The tied embedding is not changed by quantizing the head that shared it.
