@@ -98,6 +98,7 @@ def test_training_few_rows_and_compiling_keep_f_linear(slow_bf16, monkeypatch):
         assert inference_path(torch.randn(3, 16).bfloat16(), w16) == "torch"  # under MIN_ROWS
         assert inference_path(torch.randn(4, 16).bfloat16(), w16) == "blocks"
         assert inference_path(torch.randn(4, 16), w16) == "torch"  # mixed dtypes: F.linear's error
+        assert linear(torch.randn(0, 16), w32).shape == (0, 8)  # an empty batch
         with torch.autocast("cpu", dtype=torch.bfloat16):  # evaluation under bf16 autocast stays bf16
             assert inference_path(torch.randn(4, 16), w32) == "torch"
             assert linear(torch.randn(4, 16), w32).dtype == torch.bfloat16
