@@ -54,8 +54,10 @@ def slow_bf16_cpu() -> bool:
 def inference_path(x: torch.Tensor, weight: torch.Tensor) -> str:
     """Which product :func:`linear` computes for these arguments: ``"onednn"`` (float32),
     ``"blocks"`` (bf16 weights converted block by block), or ``"torch"`` (``F.linear``)."""
-    if (x.device.type != "cpu" or x.dtype != weight.dtype or x.numel() == 0 or torch.is_grad_enabled()
-            or torch.compiler.is_compiling() or weight.device.type != "cpu"
+    # is_compiling first: under dynamo it is a constant, and nothing after it is traced (a test of a
+    # symbolic size would add a guard, and a graph for each way it can go).
+    if (torch.compiler.is_compiling() or torch.is_grad_enabled() or x.device.type != "cpu"
+            or weight.device.type != "cpu" or x.dtype != weight.dtype or x.numel() == 0
             or torch.is_autocast_enabled("cpu")):  # autocast casts F.linear's arguments, not oneDNN's
         return "torch"
     if x.dtype == torch.float32 and _has_onednn():
