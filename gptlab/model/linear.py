@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.model.device import fast_bf16
+
 # Rows (tokens across the batch) from which converting the weights pays: measured on an AVX2 EPYC,
 # 2 rows are faster in PyTorch's bf16 kernel, 4 are faster converted (GPT-2 MLP, 768 x 3072).
 MIN_ROWS = 4
@@ -46,8 +48,6 @@ _scratch = threading.local()
 @functools.cache
 def slow_bf16_cpu() -> bool:
     """Whether this CPU lacks bf16 arithmetic (no AVX512-BF16, no AMX): PyTorch's bf16 products are slow here."""
-    from gptlab.model.device import fast_bf16
-
     return not fast_bf16(torch.device("cpu"))
 
 
@@ -80,7 +80,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _buffer(values: int) -> torch.Tensor:
-    """This thread's float32 scratch of at least ``values`` values, kept between calls (a fresh 4 MB
+    """This thread's float32 scratch of at least ``values`` values, kept between calls (a fresh 16 MB
     allocation each call would be a fresh mapping of pages from the system, and page faults)."""
     buffer = getattr(_scratch, "buffer", None)
     if buffer is None or buffer.numel() < values:
