@@ -37,7 +37,7 @@ BOOK = {
 # LM adaptation on the training texts does most of the work ...
 PRETRAIN_SETTINGS: dict[str, Any] = dict(
     tokenizer="bpe:8192", max_chars=0, preset="gpt-nano",
-    model={"n_layers": 4, "context_length": 256, "drop_rate": 0.0}, block_size=128, batch_size=32, lr=2e-3,
+    model={"n_layers": 4, "context_length": 256, "drop_rate": 0.0}, block_size=128, batch_size=32, optimizer="adamw", lr=2e-3,
     warmup_steps=50, max_steps=230, eval_interval=250, eval_batches=4,
 )
 # ... on English text that shares nothing with the SMS messages:

@@ -27,7 +27,9 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--lr", "lr", "peak learning rate (default 3e-3, for the small presets; ~6e-4 suits gpt2-size models)"),
     ("--min-lr", "min_lr", "learning rate at the end of the cosine decay (default 3e-4)"),
     ("--warmup-steps", "warmup_steps", "linear warmup steps (default: 100, or a tenth of a run shorter than 1,000 steps)"),
-    ("--weight-decay", "weight_decay", "AdamW weight decay on matrices (default 0.1)"),
+    ("--weight-decay", "weight_decay", "weight decay on matrices, decoupled, for both optimizers (default 0.1)"),
+    ("--optimizer", "optimizer", "muon (default): Muon (orthogonalized momentum) on the blocks' weight "
+     "matrices and AdamW on the rest, one learning rate for both | adamw: AdamW for every parameter"),
     ("--beta1", "beta1", "AdamW beta1 (default 0.9)"),
     ("--beta2", "beta2", "AdamW beta2 (default 0.99)"),
     ("--grad-clip", "grad_clip", "clip the gradient norm to this (0 = off; default 1.0)"),

@@ -59,6 +59,11 @@ class TrainConfig:
     # would otherwise end before it ever reached its learning rate).
     warmup_steps: int = AUTO_WARMUP
     weight_decay: float = 0.1
+    # "muon": Muon on the blocks' weight matrices, AdamW on embeddings, head, gains, biases
+    # (gptlab.train.muon), one learning rate and schedule for both; or "adamw" for every parameter.
+    # Muon is the default: the main job's 3 minutes end at validation loss 4.53 and 4.55 with it (two
+    # runs) against 5.07 with AdamW, although its steps are ~30% slower at this size.
+    optimizer: str = "muon"
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -110,6 +115,8 @@ class TrainConfig:
             raise GptlabError(f"sampling must be 'random' or 'epoch', got {self.sampling!r}")
         if self.init not in ("gpt2", "torch"):
             raise GptlabError(f"init must be 'gpt2' or 'torch', got {self.init!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise GptlabError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise GptlabError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.epochs < 0:

@@ -31,7 +31,7 @@ from gptlab.train.distributed import DistInfo
 IDENTITY_KEYS = (
     "data", "tokenizer", "max_chars", "val_fraction", "preset", "model", "batch_size", "block_size",
     "global_batch_tokens", "sampling", "stride", "lr", "min_lr", "warmup_steps", "weight_decay",
-    "beta1", "beta2", "grad_clip", "seed",
+    "optimizer", "beta1", "beta2", "grad_clip", "seed",
 )
 
 
@@ -58,7 +58,8 @@ def resolve_run_config(
         saved = read_run_config(run_dir)
     except GptlabError as exc:
         raise GptlabError(f"{exc}; cannot resume") from None
-    cfg = config_from_dict(saved.train, source=str(saved.path))
+    # A run saved before the optimizer was a setting trained with AdamW.
+    cfg = config_from_dict({"optimizer": "adamw", **saved.train}, source=str(saved.path))
     if any(values.get(k) for k in STOP_KEYS):
         # New stop conditions replace the saved ones: `--resume RUN --max-steps 800` must not still stop
         # at the first run's time budget. Every stop condition counts over the whole run.

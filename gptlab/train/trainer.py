@@ -45,7 +45,7 @@ from gptlab.train.config import TrainConfig, parse_duration
 from gptlab.train.distributed import all_reduce_mean, broadcast_flag, init_distributed, shutdown
 from gptlab.train.flops import flops_per_token, peak_flops
 from gptlab.train.metrics import MetricsLog, plot_curves
-from gptlab.train.optim import make_adamw
+from gptlab.train.optim import make_optimizer
 from gptlab.train.schedule import lr_at
 from gptlab.train.setup import check_settings, default_run_dir, prepare_run_data
 from gptlab.train.task import TrainTask, load_trainable_state, trainable_state
@@ -53,8 +53,11 @@ from gptlab.tokenizer import save_tokenizer
 
 # loss.png is redrawn at an evaluation only if this long has passed since it was last drawn (and
 # always when the run ends): matplotlib takes ~0.3 s a plot, which with frequent evaluations of a
-# small model was a tenth of the run (the time-to-quality race: 21 plots in 80 s).
+# small model was a tenth of the run (the time-to-quality race: 21 plots in 80 s). A plot can take
+# longer than that (0.6 s each in a 60 s race, on a busy 2-core host), so the wait is also at least
+# PLOT_COST_RATIO times the last plot's duration: plots stay under ~2% of the run whatever they cost.
 PLOT_INTERVAL_S = 10.0
+PLOT_COST_RATIO = 50.0
 
 @dataclass
 class RunResult:
@@ -171,7 +174,7 @@ class TrainingRun:
                 if cfg.eval_train_batches else []
             )
 
-        self.optimizer = make_adamw(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        self.optimizer = make_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.use_bf16 = use_bf16(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.device, self.use_bf16)
         self.train_model = self.model
@@ -193,6 +196,7 @@ class TrainingRun:
         self.total_steps = self._planned_steps()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self._plotted_at: float | None = None  # perf_counter of the last loss.png drawn (None: not yet)
+        self._plot_wait = PLOT_INTERVAL_S  # seconds until the next plot may be drawn
         self._plot_pending = False
         if resuming:
             self._restore()
@@ -530,7 +534,7 @@ class TrainingRun:
         if self.info.is_main:
             self.metrics.append(record)
             self._plot_pending = True
-            if self._plotted_at is None or time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
+            if self._plotted_at is None or time.perf_counter() - self._plotted_at >= self._plot_wait:
                 self._plot()
             sample = self._sample() if self.step > 0 else None
             if sample is not None:
@@ -548,9 +552,11 @@ class TrainingRun:
         return broadcast_flag(stop, self.info, self.device)
 
     def _plot(self) -> None:
-        """Redraw ``loss.png`` from every record so far."""
+        """Redraw ``loss.png`` from every record so far, and set how long to wait before the next one."""
+        began = time.perf_counter()
         plot_curves(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}: loss")
         self._plotted_at = time.perf_counter()
+        self._plot_wait = max(PLOT_INTERVAL_S, PLOT_COST_RATIO * (self._plotted_at - began))
         self._plot_pending = False
 
     def _say(self, bar, msg: str) -> None:

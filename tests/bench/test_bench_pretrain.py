@@ -40,6 +40,7 @@ def test_calibration_picks_the_fastest_measured_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "_race_speed", fake_speed)
     cal = bench.calibrate_race(tmp_path, {**bench.FAST_CHAR, "precision": "auto"})
     assert (cal["precision"], cal["attn_impl"]) == ("fp32", "sdpa")
+    assert cal["optimizer"] == bench.FAST_CHAR["optimizer"] == "muon"
     tokens16, tokens32 = bench.RACE_BATCHES[16][0], bench.RACE_BATCHES[32][0]
     expected = 16 if tokens16 / 15000.0 < tokens32 / 16000.0 else 32
     assert cal["batch_size"] == expected and cal["max_steps"] == bench.RACE_BATCHES[expected][1]

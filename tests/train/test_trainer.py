@@ -44,8 +44,11 @@ def small_cfg(out: Path, **changes) -> TrainConfig:
 # --------------------------------------------------------------------------- exact resume
 
 
-def test_interrupt_at_arbitrary_step_then_resume_is_exact(tmp_path, monkeypatch):
-    full = pretrain(small_cfg(tmp_path / "full", max_steps=12, eval_interval=4), progress=False, log=lambda m: None)
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_interrupt_at_arbitrary_step_then_resume_is_exact(tmp_path, monkeypatch, optimizer):
+    """Bit-identical only if the optimizer's state (Muon's momentum, AdamW's moments) is saved and restored."""
+    full = pretrain(small_cfg(tmp_path / "full", max_steps=12, eval_interval=4, optimizer=optimizer),
+                    progress=False, log=lambda m: None)
     assert full.step == 12
 
     original = TrainingRun._train_step
@@ -56,12 +59,14 @@ def test_interrupt_at_arbitrary_step_then_resume_is_exact(tmp_path, monkeypatch)
         return original(self, lr)
 
     monkeypatch.setattr(TrainingRun, "_train_step", interrupt_at_7)
-    part = pretrain(small_cfg(tmp_path / "part", max_steps=12, eval_interval=4), progress=False, log=lambda m: None)
+    part = pretrain(small_cfg(tmp_path / "part", max_steps=12, eval_interval=4, optimizer=optimizer),
+                    progress=False, log=lambda m: None)
     assert part.stopped_by == "interrupted" and part.step == 7
     assert latest_checkpoint(tmp_path / "part").step == 7
     monkeypatch.setattr(TrainingRun, "_train_step", original)
 
     cfg, run_dir = resolve_run_config({}, None, str(tmp_path / "part"))
+    assert cfg.optimizer == optimizer
     resumed = pretrain(cfg, resume=run_dir, progress=False, log=lambda m: None)
     assert resumed.step == 12
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"))
@@ -168,9 +173,15 @@ def test_the_plot_is_redrawn_at_most_every_interval_and_at_the_end(tmp_path, mon
     pretrain(small_cfg(run, max_steps=8, eval_interval=2), progress=False, log=lambda m: None)
     assert drawn == [1, 5]  # the first evaluation, then the end with all 5 records (steps 0, 2, 4, 6, 8)
     monkeypatch.setattr(trainer, "PLOT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(trainer, "PLOT_COST_RATIO", 0.0)
     drawn.clear()
     pretrain(small_cfg(tmp_path / "q", max_steps=8, eval_interval=2), progress=False, log=lambda m: None)
     assert drawn == [1, 2, 3, 4, 5]  # every evaluation once the interval has passed, and no extra at the end
+    # A plot that takes long pushes the next one back by PLOT_COST_RATIO times its duration.
+    monkeypatch.setattr(trainer, "PLOT_COST_RATIO", 1e6)
+    drawn.clear()
+    pretrain(small_cfg(tmp_path / "r", max_steps=8, eval_interval=2), progress=False, log=lambda m: None)
+    assert drawn == [1, 5]
 
 
 def test_eval_batch_size_regroups_the_same_windows(tmp_path):
@@ -285,9 +296,12 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 # --------------------------------------------------------------------------- distributed
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
-    """torchrun with 2 gloo processes x batch 4 == one process x batch 8 (no dropout, fp32)."""
-    flags = _small_flags(tmp_path / "x", 4)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_equal_one_process(tmp_path, optimizer):
+    """torchrun with 2 gloo processes x batch 4 == one process x batch 8 (no dropout, fp32).
+
+    With Muon every rank orthogonalizes the same all-reduced gradients, so the ranks stay identical."""
+    flags = _small_flags(tmp_path / "x", 4) + ["--optimizer", optimizer]
     flags[flags.index("--eval-interval") + 1] = "4"
 
     def with_out(out: Path, batch: int) -> list[str]:

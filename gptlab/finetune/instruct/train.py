@@ -82,6 +82,7 @@ BOOK_TRAIN_DEFAULTS: dict[str, Any] = {
     "min_lr": 5e-5,
     "warmup_steps": 0,
     "weight_decay": 0.1,
+    "optimizer": "adamw",
     "beta1": 0.9,
     "beta2": 0.999,
     "grad_clip": 0.0,
