@@ -124,7 +124,7 @@ def _race_speed(data_dir: Path, cfg_fields: dict, seconds: float = 0.6) -> float
     preset, batch, block = cfg_fields["preset"], cfg_fields["batch_size"], cfg_fields["block_size"]
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset(preset, vocab_size=data.n_vocab, **cfg_fields["model"])).train()
-    opt = make_optimizer(model, cfg_fields.get("optimizer", "adamw"), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
+    opt = make_optimizer(model, cfg_fields["optimizer"], lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
     bf16 = cfg_fields["precision"] == "bf16"
 
     def step() -> None:
@@ -170,7 +170,7 @@ def calibrate_race(data_dir: Path, base: dict) -> dict:
     estimates = {b: tokens / measure(precision, attn, b) for b, (tokens, _) in RACE_BATCHES.items()}
     batch = min(estimates, key=estimates.get)
     return {
-        "optimizer": base.get("optimizer", "adamw"),
+        "optimizer": base["optimizer"],
         "precision": precision,
         "attn_impl": attn,
         "batch_size": batch,
@@ -554,7 +554,7 @@ def _print_race(r: dict, quiet: bool) -> None:
     if "calibration" in r:
         c = r["calibration"]
         print(f"  calibration    : {c['precision']}, {c['attn_impl']} attention, batch {c['batch_size']}, "
-              f"optimizer {c.get('optimizer', 'adamw')} "
+              f"optimizer {c['optimizer']} "
               f"(measured in {c['seconds']:.1f}s: " + ", ".join(f"{k} {v:,}" for k, v in c["tokens_per_sec"].items())
               + " tokens/s)")
     if "reference" in r:

@@ -23,6 +23,7 @@ AUTO_WARMUP = -1
 DEFAULT_WARMUP = 100
 DEFAULT_TIME_BUDGET = "3m"
 STOP_KEYS = ("max_steps", "epochs", "max_tokens", "time_budget")
+OPTIMIZERS = ("adamw", "muon")  # built by gptlab.train.optim.make_optimizer
 
 
 @dataclass
@@ -115,8 +116,8 @@ class TrainConfig:
             raise GptlabError(f"sampling must be 'random' or 'epoch', got {self.sampling!r}")
         if self.init not in ("gpt2", "torch"):
             raise GptlabError(f"init must be 'gpt2' or 'torch', got {self.init!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise GptlabError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise GptlabError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise GptlabError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.epochs < 0:

@@ -9,10 +9,8 @@ from collections.abc import Iterable
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.train.config import OPTIMIZERS
 from gptlab.train.muon import Muon, MuonWithAdamW, hidden_matrices
-
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, exclude: Iterable[torch.Tensor] = ()) -> list[dict]:

@@ -141,7 +141,7 @@ def test_the_optimizer_flag(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gptlab", "pretrain", "--optimizer", "sgd", "--out",
                           str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].endswith("optimizer must be adamw or muon, got 'sgd'")
+    assert bad.stderr.strip().splitlines()[-1].endswith("optimizer must be one of adamw, muon, got 'sgd'")
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
 
