@@ -13,11 +13,15 @@ further row converts and multiplies every weight again: 8 rows take 8 times as l
 8 sequences decodes slower in bf16 than in float32.
 
 :func:`linear` takes another route for several rows at once (batched decoding, every prefill): it
-converts a block of weights (16 MB as float32, within the L3 cache) to float32 once and multiplies
+converts a block of weights (4 MB as float32, within the L3 cache) to float32 once and multiplies
 all the rows by it with oneDNN's float32 kernel, then the next block. The weights are still read from
 memory in bf16, half the bytes of float32, and each is converted once per call instead of once per
-row. GPT-2's 768 x 3072 layer at 8 rows: 2.1 ms in bf16, 0.9 ms this way (0.5 ms with float32
-weights, which take twice the memory). GPT-2 124M at batch 8 decodes 1.9x faster this way.
+row.
+
+**A few rows, transposed.** Given a plain (not pre-packed) weight, oneDNN repacks the whole weight on
+every call. From 4 to 47 rows both paths compute ``(weight @ rows.T).T`` instead: the weight is then
+oneDNN's input, read as it lies, and only the few rows are repacked. GPT-2 124M at batch 8: float32
+decodes about 1.3x faster this way, bf16 (with both changes) about 1.3x.
 
 Only inference takes these paths (training keeps ``F.linear`` and its gradients), and never under
 ``torch.compile`` or ``torch.export``, which choose their own kernels.
@@ -37,10 +41,15 @@ from gptlab.model.device import fast_bf16
 # Rows (tokens across the batch) from which converting the weights pays: measured on an AVX2 EPYC,
 # 2 rows are faster in PyTorch's bf16 kernel, 4 are faster converted (GPT-2 MLP, 768 x 3072).
 MIN_ROWS = 4
-# Weights converted at a time: 2**22 float32 values, 16 MB, within the L3 cache. GPT-2 at batch 8,
-# against float32 in the same runs: 1 MB blocks 0.55x (per-call overhead), 4 MB 0.80x, 16 MB 0.85-0.88x,
-# 32 MB 0.77x, a whole matrix at once 0.72x.
-BLOCK_VALUES = 1 << 22
+# Weights converted at a time: 2**20 float32 values, 4 MB, within the L3 cache. All of GPT-2's products
+# at 8 rows, weights streamed from memory (/tmp/s23/blk.py): 2**18 values 83 ms, 2**19 57, 2**20 43,
+# 2**21 46, 2**22 49 (of which converting: 27, 20, 16, 17, 20 ms).
+BLOCK_VALUES = 1 << 20
+# Row counts for which oneDNN is faster given the weight as its *input* and the rows as its "weight"
+# (out.T = weight @ rows.T): its kernel then repacks only the few rows, not the whole matrix, which it
+# does on every call for a plain (not pre-packed) weight. Measured at 8 rows: GPT-2's 768 x 3072 layer
+# 0.61 vs 0.82 ms, its output head 10.2 vs 16.1 ms; even at 1 row (0.18 ms both) and at 64, slower at 256.
+SWAP_ROWS = range(4, 48)
 
 _scratch = threading.local()
 
@@ -94,9 +103,26 @@ def _buffer(values: int) -> torch.Tensor:
 def _onednn_float32(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``rows @ weight.T + bias`` for float32 ``[rows, in]`` and ``[out, in]``: oneDNN's kernel where
     PyTorch has it (2-3x faster than MKL's at a few rows on the AMD CPUs measured), else PyTorch's own."""
-    if _has_onednn():
-        return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, bias, "none", [], "")
-    return F.linear(rows, weight, bias)
+    if not _has_onednn():
+        return F.linear(rows, weight, bias)
+    if rows.size(0) in SWAP_ROWS:
+        return _contiguous_rows(_onednn_transposed(rows, weight).T, bias, rows.dtype)
+    return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, bias, "none", [], "")
+
+
+def _onednn_transposed(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight @ rows.T``, ``[out, rows]``: the weight as oneDNN's input and the rows as its weight
+    (see :data:`SWAP_ROWS`)."""
+    return torch.ops.mkldnn._linear_pointwise(weight, rows.contiguous(), None, "none", [], "")
+
+
+def _contiguous_rows(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``out + bias`` as a contiguous ``dtype`` tensor, in one pass over ``out`` (which may be a
+    transposed view): added in float32, rounded once."""
+    result = torch.empty(out.shape, dtype=dtype)
+    if bias is None:
+        return result.copy_(out)
+    return torch.add(out, bias, out=result)
 
 
 @functools.cache
@@ -110,16 +136,23 @@ def blockwise_float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     weights at a time; returns bf16, as :func:`torch.nn.functional.linear` would."""
     out_features, in_features = weight.shape
     rows = x.reshape(-1, in_features).float().contiguous()
-    out = torch.empty(rows.size(0), out_features, dtype=torch.float32)
-    bias32 = bias.float() if bias is not None else None
-    step = max(1, BLOCK_VALUES // in_features)
-    buffer = _buffer(min(step, out_features) * in_features)
+    # With few rows, each block's product is computed transposed (SWAP_ROWS) into an [out, rows] result.
+    transposed = _has_onednn() and rows.size(0) in SWAP_ROWS
+    out = torch.empty((out_features, rows.size(0)) if transposed else (rows.size(0), out_features))
+    # Blocks of equal size: a short last block (86 of 768 x 3072's rows) costs nearly a full one.
+    blocks = -(-out_features * in_features // BLOCK_VALUES)
+    step = -(-out_features // blocks)
+    buffer = _buffer(step * in_features)
     for start in range(0, out_features, step):
         end = min(out_features, start + step)
         block = buffer[: (end - start) * in_features].view(end - start, in_features)
         block.copy_(weight[start:end])
-        out[:, start:end] = _onednn_float32(rows, block, bias32[start:end] if bias32 is not None else None)
-    return out.to(x.dtype).view(*x.shape[:-1], out_features)
+        if transposed:
+            out[start:end] = _onednn_transposed(rows, block)
+        else:
+            out[:, start:end] = _onednn_float32(rows, block, None)
+    out = _contiguous_rows(out.T if transposed else out, bias.float() if bias is not None else None, x.dtype)
+    return out.view(*x.shape[:-1], out_features)
 
 
 class Linear(nn.Linear):

@@ -26,7 +26,8 @@ def slow_bf16(monkeypatch):
     monkeypatch.setattr(linear_mod, "slow_bf16_cpu", lambda: True)
 
 
-@pytest.mark.parametrize("shape", [(1, 96), (3, 96), (2, 5, 96)])
+# 1 and 3 rows, and 48 and 64, multiply as PyTorch lays it out; 8 and 2 x 5 with the weight as oneDNN's input.
+@pytest.mark.parametrize("shape", [(1, 96), (3, 96), (8, 96), (2, 5, 96), (48, 96), (64, 96)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_float32_path_is_f_linear(shape, bias):
     torch.manual_seed(0)
@@ -39,7 +40,7 @@ def test_the_float32_path_is_f_linear(shape, bias):
     torch.testing.assert_close(got.double(), _reference(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [4, 9])
+@pytest.mark.parametrize("rows", [4, 9, 64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_bf16_weights_converted_block_by_block_give_the_product(slow_bf16, monkeypatch, rows, bias):
     # Blocks of 5 rows of weights: 70 outputs are 14 blocks; 67 end with a short one.
@@ -56,6 +57,25 @@ def test_bf16_weights_converted_block_by_block_give_the_product(slow_bf16, monke
         ref = _reference(x, w, b)
         # Computed in float32 from the bf16 values: only the final rounding to bf16 remains.
         assert ((got.double() - ref).abs() <= ref.abs() * 2**-8 + 1e-6).all()
+
+
+@pytest.mark.skipif(not linear_mod._has_onednn(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_few_rows_take_the_weight_as_onednns_input(slow_bf16, monkeypatch, dtype):
+    """From 4 to 47 rows the product is computed transposed (the fast way there); outside, not."""
+    calls = []
+    transposed = linear_mod._onednn_transposed
+    monkeypatch.setattr(linear_mod, "_onednn_transposed", lambda *a: calls.append(1) or transposed(*a))
+    w = torch.randn(40, 32).to(dtype)
+    with torch.inference_mode():
+        for rows, expected in ((4, True), (47, True), (48, False), (200, False)):
+            calls.clear()
+            linear(torch.randn(rows, 32).to(dtype), w)
+            assert bool(calls) == expected, rows
+        if dtype == torch.float32:
+            calls.clear()
+            linear(torch.randn(1, 32), w)
+            assert not calls
 
 
 def test_the_buffer_serves_inference_mode_and_no_grad_alike(slow_bf16, monkeypatch):
