@@ -41,14 +41,14 @@ from gptlab.model.device import fast_bf16
 # Rows (tokens across the batch) from which converting the weights pays: measured on an AVX2 EPYC,
 # 2 rows are faster in PyTorch's bf16 kernel, 4 are faster converted (GPT-2 MLP, 768 x 3072).
 MIN_ROWS = 4
-# Weights converted at a time: 2**20 float32 values, 4 MB, within the L3 cache. All of GPT-2's products
-# at 8 rows, weights streamed from memory (/tmp/s23/blk.py): 2**18 values 83 ms, 2**19 57, 2**20 43,
-# 2**21 46, 2**22 49 (of which converting: 27, 20, 16, 17, 20 ms).
+# Weights converted at a time: 2**20 float32 values, 4 MB, within the L3 cache. All 49 of GPT-2's
+# products at 8 rows, with the weights streamed from memory, per block size: 2**18 values 83 ms,
+# 2**19 57, 2**20 43, 2**21 46, 2**22 49 (of which converting: 27, 20, 16, 17, 20 ms).
 BLOCK_VALUES = 1 << 20
 # Row counts for which oneDNN is faster given the weight as its *input* and the rows as its "weight"
 # (out.T = weight @ rows.T): its kernel then repacks only the few rows, not the whole matrix, which it
 # does on every call for a plain (not pre-packed) weight. Measured at 8 rows: GPT-2's 768 x 3072 layer
-# 0.61 vs 0.82 ms, its output head 10.2 vs 16.1 ms; even at 1 row (0.18 ms both) and at 64, slower at 256.
+# 0.61 vs 0.82 ms, its output head 10.2 vs 16.1 ms. The same at 1 row (0.18 ms) and at 64; slower at 256.
 SWAP_ROWS = range(4, 48)
 
 _scratch = threading.local()
@@ -140,7 +140,7 @@ def blockwise_float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     transposed = _has_onednn() and rows.size(0) in SWAP_ROWS
     out = torch.empty((out_features, rows.size(0)) if transposed else (rows.size(0), out_features))
     # Blocks of equal size: a short last block (86 of 768 x 3072's rows) costs nearly a full one.
-    blocks = -(-out_features * in_features // BLOCK_VALUES)
+    blocks = max(1, -(-out_features * in_features // BLOCK_VALUES))
     step = -(-out_features // blocks)
     buffer = _buffer(step * in_features)
     for start in range(0, out_features, step):
